@@ -1,0 +1,16 @@
+"""LLM Experiment: helpers for talking to a local LLM through Ollama's HTTP API.
+
+The client side (what the notebooks use) lives here; the embedded engine, an Ollama-compatible
+server for machines without Ollama, lives in :mod:`llm_experiment.engine`.
+"""
+
+from .client import Reply, Stream, chat, generate
+from .conversation import Conversation
+from .errors import OllamaError
+from .hosts import DEFAULT_MODEL, default_model, server_url
+from .ndjson import iter_ndjson
+
+__all__ = [
+    "DEFAULT_MODEL", "Conversation", "OllamaError", "Reply", "Stream", "chat", "default_model", "generate",
+    "iter_ndjson", "server_url",
+]

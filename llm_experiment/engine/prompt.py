@@ -1,0 +1,62 @@
+"""Building the prompt text the model sees, as Ollama's template for smollm2 does (ChatML)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+# What /api/show reports as the model's TEMPLATE, in Ollama's Go-template language. The engine
+# renders the same thing in Python below. (Ollama's library template also has a tools branch;
+# this engine does not do tool calls, so the model lists no "tools" capability.)
+CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}
+{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+"""
+
+
+def collate(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
+    """Split a conversation as Ollama's template engine does.
+
+    All system messages are joined (blank line between) into one system text; the other
+    messages keep their order, consecutive messages of the same role merged with a blank line.
+    """
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns: list[dict[str, str]] = []
+    for m in messages:
+        if m["role"] == "system":
+            continue
+        if turns and turns[-1]["role"] == m["role"]:
+            turns[-1]["content"] += "\n\n" + m["content"]
+        else:
+            turns.append({"role": m["role"], "content": m["content"]})
+    return system, turns
+
+
+def render_chatml(messages: list[dict[str, Any]]) -> str:
+    """The prompt for ``messages``, ending where the assistant's answer begins."""
+    system, turns = collate(messages)
+    out = [f"<|im_start|>system\n{system}<|im_end|>\n"] if system else []
+    for m in turns:
+        role = "user" if m["role"] == "tool" else m["role"]
+        out.append(f"<|im_start|>{role}\n{m['content']}<|im_end|>\n")
+    out.append("<|im_start|>assistant\n")
+    return "".join(out)
+
+
+def fit_messages(messages: list[dict[str, Any]], num_ctx: int, count_tokens: Callable[[str], int]) -> list[dict[str, Any]]:
+    """Drop the oldest messages until the prompt fits ``num_ctx`` tokens, as Ollama's ``chatPrompt`` does.
+
+    The latest message is always kept (even if alone it is too long), and so are the system
+    messages that come before the kept part.
+    """
+    start = len(messages) - 1
+    for i in range(len(messages) - 2, -1, -1):
+        system = [m for m in messages[:i] if m["role"] == "system"]
+        if count_tokens(render_chatml(system + messages[i:])) > num_ctx:
+            break
+        start = i
+    system = [m for m in messages[:start] if m["role"] == "system"]
+    return system + messages[start:]

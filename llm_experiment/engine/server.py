@@ -1,0 +1,91 @@
+"""Starting the engine: settings from flags and Ollama's environment variables, then uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+import uvicorn
+
+from ..hosts import listen_address
+from .app import DEFAULT_MAX_BODY, Engine, create_app
+from .models import BUNDLED_NAME, Registry, bundled_gguf, models_dir
+from .options import DEFAULT_KEEP_ALIVE, DurationError, parse_keep_alive
+from .scheduler import Scheduler
+
+DEFAULT_NUM_CTX = 4096
+
+
+@dataclass
+class Settings:
+    """How the engine runs. ``from_env`` reads the same variables as Ollama."""
+
+    host: str = "127.0.0.1"
+    port: int = 11434
+    models: str = ""
+    max_queue: int = 512
+    keep_alive: float = DEFAULT_KEEP_ALIVE
+    num_ctx: int = DEFAULT_NUM_CTX
+    threads: int | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        host, port = listen_address(os.environ.get("OLLAMA_HOST"))
+        keep_alive = DEFAULT_KEEP_ALIVE
+        try:
+            keep_alive = parse_keep_alive(os.environ.get("OLLAMA_KEEP_ALIVE")) or DEFAULT_KEEP_ALIVE
+        except DurationError:
+            pass  # Ollama ignores a malformed value too
+        return cls(
+            host=host, port=port, models=str(models_dir()),
+            max_queue=_int_env("OLLAMA_MAX_QUEUE", 512), keep_alive=keep_alive,
+            num_ctx=_int_env("OLLAMA_CONTEXT_LENGTH", DEFAULT_NUM_CTX),
+        )
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
+
+def build_engine(settings: Settings) -> Engine:
+    scheduler = Scheduler(max_queue=settings.max_queue, keep_alive=settings.keep_alive,
+                          num_ctx=settings.num_ctx, threads=settings.threads)
+    return Engine(Registry(), scheduler, max_body=settings.max_body)
+
+
+def serve(settings: Settings) -> int:
+    """Run the engine until Ctrl-C or SIGTERM; return an exit code."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        gguf = bundled_gguf()
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        sock = socket.create_server((settings.host, settings.port), family=_family(settings.host), reuse_port=False)
+    except OSError as exc:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}\n"
+              "  -> Is Ollama (or another engine) already running there? Stop it, or choose --port.",
+              file=sys.stderr)
+        return 1
+    port = sock.getsockname()[1]
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"llm-experiment engine: serving {BUNDLED_NAME} ({gguf.name}) on http://{shown}:{port}\n"
+          f"  Ctrl-C to stop. Clients find it with OLLAMA_HOST=http://{shown}:{port}", file=sys.stderr, flush=True)
+    app = create_app(build_engine(settings))
+    config = uvicorn.Config(app, log_level=settings.log_level, timeout_graceful_shutdown=3,
+                            access_log=settings.log_level == "debug")
+    uvicorn.Server(config).run(sockets=[sock])
+    print("llm-experiment engine: stopped", file=sys.stderr)
+    return 0
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -1,0 +1,69 @@
+"""How the engine writes JSON, timestamps and errors exactly as Ollama (a Go program) does."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from starlette.responses import Response
+
+# Go's encoding/json escapes these inside strings; the parsed value is the same, the bytes match Ollama's.
+_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON as Go's ``json.Marshal`` writes it."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).translate(_GO_ESCAPES)
+
+
+def ndjson_line(obj: Any) -> bytes:
+    """One line of an NDJSON stream."""
+    return (dumps(obj) + "\n").encode()
+
+
+def timestamp(ns: int | None = None) -> str:
+    """An RFC 3339 UTC timestamp with nanoseconds, trailing zeros trimmed, like Go's ``RFC3339Nano``."""
+    ns = time.time_ns() if ns is None else ns
+    seconds, frac = divmod(ns, 1_000_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    fraction = f"{frac:09d}".rstrip("0")
+    return f"{text}.{fraction}Z" if fraction else f"{text}Z"
+
+
+class JSONResponse(Response):
+    """``application/json; charset=utf-8`` with Go's encoding, as Ollama answers."""
+
+    media_type = "application/json; charset=utf-8"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content).encode()
+
+
+def error(status: int, message: str) -> JSONResponse:
+    """Ollama's error shape: ``{"error": "<message>"}``."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class APIError(Exception):
+    """Raised anywhere in a handler; turned into :func:`error` by the app."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def local_time(ns: int) -> str:
+    """A local-time RFC 3339 timestamp with offset (``Z`` for UTC), as Go writes ``modified_at``."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    offset = time.localtime(seconds).tm_gmtoff if seconds < 2**31 else time.localtime().tm_gmtoff
+    moment = time.gmtime(seconds + offset)
+    text = f"{moment.tm_year:04d}-{moment.tm_mon:02d}-{moment.tm_mday:02d}T{moment.tm_hour:02d}:{moment.tm_min:02d}:{moment.tm_sec:02d}"
+    fraction = f"{frac:09d}".rstrip("0")
+    if fraction:
+        text += "." + fraction
+    if offset == 0:
+        return text + "Z"
+    sign = "+" if offset > 0 else "-"
+    return f"{text}{sign}{abs(offset) // 3600:02d}:{abs(offset) % 3600 // 60:02d}"
