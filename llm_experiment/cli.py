@@ -28,7 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings.threads = args.threads
     if args.keep_alive is not None:
         try:
-            seconds = parse_keep_alive(args.keep_alive)
+            seconds = parse_keep_alive(args.keep_alive, env=True)
         except DurationError as exc:
             print(f"error: --keep-alive: {exc}", file=sys.stderr)
             return 2

@@ -40,12 +40,13 @@ class Conversation:
 
     def ask(self, text: str) -> str:
         """Send ``text``, remember the answer, and return it."""
+        before = list(self.history)
         self.history.append({"role": "user", "content": text})
         self.trim()
         try:
             reply = chat(self.messages, model=self.model, options=self.options, server=self.server)
         except BaseException:
-            self.history.pop()  # a failed turn leaves the history as it was
+            self.history = before  # a failed turn leaves the history as it was, trimmed turns included
             raise
         assert isinstance(reply, Reply)
         self.history.append({"role": "assistant", "content": reply.text})
@@ -57,6 +58,7 @@ class Conversation:
         If the caller stops early (Ctrl-C, ``break``), the partial answer is kept only when
         something was received; the user's turn stays either way, so the history stays usable.
         """
+        before = list(self.history)
         self.history.append({"role": "user", "content": text})
         self.trim()
         pieces: list[str] = []
@@ -67,7 +69,7 @@ class Conversation:
                 yield piece
         except BaseException:
             if not pieces:
-                self.history.pop()
+                self.history = before
                 raise
             self.history.append({"role": "assistant", "content": "".join(pieces)})
             raise
@@ -96,7 +98,12 @@ class Conversation:
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> Conversation:
         """Read a conversation written by :meth:`save`. ``kwargs`` (``server``, ``options``) are passed on."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a saved conversation (expected a JSON object)")
         messages = data.get("messages")
         if not isinstance(messages, list) or not all(_is_message(m) for m in messages):
             raise ValueError(f"{path}: not a saved conversation (expected a list of role/content messages)")

@@ -19,8 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from .models import Model, normalize_name
-from .options import DurationError, Options, OptionError, parse_keep_alive, parse_options
-from .prompt import fit_messages, render_chatml
+from .options import DurationError, OptionError, Options, parse_keep_alive, parse_options
 from .runner import Generation, Runner
 from .scheduler import Scheduler
 from .wire import APIError, JSONResponse, ndjson_line, timestamp
@@ -102,7 +101,8 @@ class _Finished:
         self.outcome = outcome
 
 
-async def pieces(runner: Runner, prompt: list[int], job: Job, cancel: threading.Event) -> AsyncIterator[str | Generation]:
+async def pieces(runner: Runner, prompt: list[int], job: Job,
+                 cancel: threading.Event) -> AsyncIterator[str | Generation]:
     """Run the generation in a worker thread; yield text pieces as they come, then the :class:`Generation`."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str | _Finished] = asyncio.Queue()
@@ -204,8 +204,7 @@ async def run(job: Job, scheduler: Scheduler, request: Request, *, load_only: bo
             async for item in pieces(runner, prompt, job, cancel):
                 if isinstance(item, Generation):
                     if item.cancelled:
-                        log.info("client disconnected: stopped after %d tokens", item.eval_count)
-                        return Response(status_code=499)
+                        return Response(status_code=499)  # nobody is listening; Ollama logs 499 too
                     return JSONResponse(final(job, "".join(texts), item, load_ns))
                 texts.append(item)
         finally:
@@ -213,16 +212,14 @@ async def run(job: Job, scheduler: Scheduler, request: Request, *, load_only: bo
     raise AssertionError("generation ended without a result")
 
 
-async def _ndjson(runner: Runner, prompt: list[int], job: Job, cancel: threading.Event, load_ns: int) -> AsyncIterator[bytes]:
+async def _ndjson(runner: Runner, prompt: list[int], job: Job, cancel: threading.Event,
+                  load_ns: int) -> AsyncIterator[bytes]:
     try:
         async for item in pieces(runner, prompt, job, cancel):
             if isinstance(item, Generation):
                 yield ndjson_line(final(job, "", item, load_ns))
             else:
                 yield ndjson_line(chunk(job.kind, job.name, item))
-    except (asyncio.CancelledError, GeneratorExit):
-        log.info("client disconnected: generation stopped")
-        raise
     except Exception as exc:  # noqa: BLE001 - after the first line, errors travel in the stream
         log.exception("generation failed")
         yield ndjson_line({"error": str(exc)})

@@ -35,28 +35,75 @@ _EXPECTING = {
 
 
 def parse_body(raw: bytes, struct: str) -> dict[str, Any]:
-    """Decode ``raw`` as the Go struct ``struct``; raise :class:`APIError` (400) as Ollama would."""
+    """Decode ``raw`` as the Go struct ``struct``; raise :class:`APIError` (400) as Ollama would.
+
+    Keys match fields whatever their case, as in Go; the result uses the fields' own names.
+    """
     text = raw.decode("utf-8", errors="replace")
     if not text.strip():
         raise APIError(400, "missing request body")
     try:
         # Go's decoder reads the first JSON value and ignores what follows it.
-        value, _ = json.JSONDecoder().raw_decode(text.lstrip())
+        value, _ = json.JSONDecoder(parse_constant=_no_constants).raw_decode(text.lstrip())
     except json.JSONDecodeError as exc:
         raise APIError(400, _go_syntax_error(exc)) from None
+    except RecursionError:
+        raise APIError(400, "exceeded max depth") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise APIError(400, f"invalid JSON: {exc}") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise APIError(400, f"json: cannot unmarshal {_json_kind(value)} into Go value of type api.{struct}")
-    _check(value, FIELDS[struct], struct, "")
-    return value
+    return _check(value, FIELDS[struct], struct, "")
+
+
+def _no_constants(name: str) -> Any:
+    """Python's json accepts NaN and Infinity; Go's does not."""
+    if name.startswith("-"):
+        raise APIError(400, "invalid character 'I' in numeric literal")
+    raise APIError(400, f"invalid character '{name[0]}' looking for beginning of value")
 
 
 def _go_syntax_error(exc: json.JSONDecodeError) -> str:
-    if exc.pos >= len(exc.doc.rstrip()):
+    """Go's wording for a JSON syntax error (encoding/json's scanner)."""
+    doc, pos = exc.doc, exc.pos
+    rest = doc[pos:].rstrip()
+    if exc.msg.startswith("Unterminated string") or not rest or any(
+            word.startswith(rest) for word in ("true", "false", "null")):
         return "unexpected EOF"
-    char = exc.doc[exc.pos]
-    return f"invalid character {char!r} {_EXPECTING.get(exc.msg, 'looking for beginning of value')}".replace('"', "'")
+    if exc.msg.startswith("Invalid control character"):
+        where = "in string literal"
+    elif exc.msg == "Expecting ',' delimiter" and _innermost_bracket(doc[:pos]) == "[":
+        where = "after array element"
+    else:
+        where = _EXPECTING.get(exc.msg, "looking for beginning of value")
+    return f"invalid character {_quote_char(doc[pos])} {where}"
+
+
+def _quote_char(c: str) -> str:
+    """How Go's scanner quotes a character: ``'x'``, ``'"'``, ``'\\''``, ``'\\n'``."""
+    if c == "'":
+        return "'\\''"
+    if c == '"':
+        return "'\"'"
+    return "'" + json.dumps(c, ensure_ascii=False)[1:-1] + "'"
+
+
+def _innermost_bracket(prefix: str) -> str:
+    """The innermost ``[`` or ``{`` still open at the end of ``prefix`` (strings skipped)."""
+    stack: list[str] = []
+    in_string = escaped = False
+    for c in prefix:
+        if in_string:
+            escaped, in_string = (not escaped and c == "\\"), in_string and (escaped or c != '"')
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            stack.append(c)
+        elif c in "]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
 
 
 def _json_kind(value: Any) -> str:
@@ -71,19 +118,24 @@ def _json_kind(value: Any) -> str:
     return "object"
 
 
-def _check(obj: dict[str, Any], spec: dict[str, Any], struct: str, path: str) -> None:
+def _check(obj: dict[str, Any], spec: dict[str, Any], struct: str, path: str) -> dict[str, Any]:
+    """Type-check ``obj`` against ``spec``; return it with keys renamed to the fields they match."""
+    fields = {name.lower(): name for name in spec}
+    out: dict[str, Any] = {}
     for key, value in obj.items():
-        kind = spec.get(key)
+        name = fields.get(key.lower(), key)
+        kind = spec.get(name)
+        out[name] = value
         if kind is None or kind == "any" or value is None:
             continue  # unknown fields are ignored, null leaves the zero value, as in Go
-        where = f"{path}{key}"
+        where = f"{path}{name}"
         if isinstance(kind, list):  # a list of structs (chat messages)
             if not isinstance(value, list):
                 _fail(value, struct, where, "[]api.Message")
             for item in value:
                 if item is not None and not isinstance(item, dict):
                     _fail(item, struct, where, "api.Message")
-                _check(item or {}, kind[0], struct, where + ".")
+            out[name] = [None if item is None else _check(item, kind[0], struct, where + ".") for item in value]
         elif kind.startswith("[]") and isinstance(value, list):
             element = kind[2:]
             for item in value:
@@ -91,6 +143,7 @@ def _check(obj: dict[str, Any], spec: dict[str, Any], struct: str, path: str) ->
                     _fail(item, struct, where, _GO_NAMES[element])
         elif not _matches(value, kind):
             _fail(value, struct, where, _GO_NAMES[kind])
+    return out
 
 
 def _matches(value: Any, kind: str) -> bool:
@@ -102,7 +155,9 @@ def _matches(value: Any, kind: str) -> bool:
     if kind == "map":
         return isinstance(value, dict)
     if kind == "int":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+        whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer())
+        return whole and -(2**63) <= value < 2**63  # Go's int is 64 bits
     if kind == "any":
         return True
     return isinstance(value, list)  # "[]..."

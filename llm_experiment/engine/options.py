@@ -21,7 +21,7 @@ OPTION_TYPES: dict[str, str] = {
     "vocab_only": "bool", "use_mlock": "bool", "numa": "bool",
 }
 
-_TYPE_WORDS = {"int": "integer", "float32": "float32", "bool": "boolean", "[]string": "array of strings"}
+_TYPE_WORDS = {"int": "integer", "float32": "float32", "bool": "boolean", "[]string": "array"}
 
 
 @dataclass
@@ -74,10 +74,10 @@ def _convert(name: str, kind: str, value: Any) -> Any:
             raise wrong
         return value
     if kind == "[]string":
-        if isinstance(value, str):
-            return [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list):
             raise wrong
+        if not all(isinstance(v, str) for v in value):
+            raise OptionError(f'option "{name}" must be of an array of strings')
         return list(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise wrong
@@ -97,32 +97,35 @@ class DurationError(ValueError):
     """A ``keep_alive`` that is neither a number nor a Go duration string."""
 
 
-def parse_keep_alive(value: Any) -> float | None:
+def parse_keep_alive(value: Any, *, env: bool = False) -> float | None:
     """Seconds the model stays loaded after a request: ``None`` (the default), ``inf``, 0 or more.
 
-    Numbers are seconds; strings are Go durations (``"5m"``, ``"1h30m"``, ``"-1s"``) or plain
-    numbers of seconds. Anything negative means forever, as in Ollama.
+    Numbers are seconds; strings are Go durations (``"5m"``, ``"1h30m"``, ``"-1s"``). Anything
+    negative means forever, as in Ollama. Only in ``OLLAMA_KEEP_ALIVE`` (``env=True``) may a string
+    be a plain number of seconds. Errors carry Go's wording.
     """
     if value is None:
         return None
     if isinstance(value, bool):
-        raise DurationError("invalid keep_alive: expected a number of seconds or a duration string like \"5m\"")
+        raise DurationError("Unsupported type: 'bool'")
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
-        seconds = _go_duration(value.strip())
+        text = value.strip()
+        seconds = float(text) if env and _NUMBER.fullmatch(text) else _go_duration(text)
     else:
-        raise DurationError("invalid keep_alive: expected a number of seconds or a duration string like \"5m\"")
+        go_type = "[]interface {}" if isinstance(value, list) else "map[string]interface {}"
+        raise DurationError(f"Unsupported type: '{go_type}'")
     return FOREVER if seconds < 0 else seconds
 
 
+_NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
+
+
 def _go_duration(text: str) -> float:
+    """Go's ``time.ParseDuration``: a sequence of number+unit, or ``"0"``."""
     sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    try:
-        return sign * float(body)  # "300" is accepted as seconds
-    except ValueError:
-        pass
+    body = text[1:] if text[:1] in "+-" else text
     if body == "0":
         return 0.0
     total, pos = 0.0, 0
@@ -131,6 +134,7 @@ def _go_duration(text: str) -> float:
             break
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
-    if pos != len(body) or not body:
-        raise DurationError(f'time: invalid duration "{text}"')
+    if not body or pos != len(body):
+        missing_unit = bool(body) and _NUMBER.fullmatch(body)
+        raise DurationError(f'time: {"missing unit in" if missing_unit else "invalid"} duration "{text}"')
     return sign * total

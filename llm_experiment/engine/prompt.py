@@ -21,14 +21,14 @@ def collate(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
     """Split a conversation as Ollama's template engine does.
 
     All system messages are joined (blank line between) into one system text; the other
-    messages keep their order, consecutive messages of the same role merged with a blank line.
+    messages keep their order, consecutive messages of the same role (tool results excepted) merged with a blank line.
     """
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     turns: list[dict[str, str]] = []
     for m in messages:
         if m["role"] == "system":
             continue
-        if turns and turns[-1]["role"] == m["role"]:
+        if turns and turns[-1]["role"] == m["role"] != "tool":  # each tool result stays its own turn
             turns[-1]["content"] += "\n\n" + m["content"]
         else:
             turns.append({"role": m["role"], "content": m["content"]})
@@ -46,7 +46,8 @@ def render_chatml(messages: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def fit_messages(messages: list[dict[str, Any]], num_ctx: int, count_tokens: Callable[[str], int]) -> list[dict[str, Any]]:
+def fit_messages(messages: list[dict[str, Any]], num_ctx: int,
+                 count_tokens: Callable[[str], int]) -> list[dict[str, Any]]:
     """Drop the oldest messages until the prompt fits ``num_ctx`` tokens, as Ollama's ``chatPrompt`` does.
 
     The latest message is always kept (even if alone it is too long), and so are the system

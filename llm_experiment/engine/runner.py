@@ -116,6 +116,8 @@ class Runner:
         finally:
             sampler.close() if hasattr(sampler, "close") else None
         result.eval_duration = time.perf_counter_ns() - prompt_done
+        if result.cancelled:
+            log.info("generation stopped after %d tokens: the client went away", result.eval_count)
         return result
 
     def _fit(self, prompt: list[int], opts: Options) -> list[int]:
@@ -131,7 +133,7 @@ class Runner:
         """Evaluate the prompt, reusing the cached start it shares with the previous one; return tokens evaluated."""
         llm = self.llm
         cached = 0
-        for a, b in zip(llm.input_ids[: llm.n_tokens], prompt):
+        for a, b in zip(llm.input_ids[: llm.n_tokens], prompt, strict=False):
             if a != b:
                 break
             cached += 1

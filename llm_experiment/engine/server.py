@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class Settings:
         host, port = listen_address(os.environ.get("OLLAMA_HOST"))
         keep_alive = DEFAULT_KEEP_ALIVE
         try:
-            keep_alive = parse_keep_alive(os.environ.get("OLLAMA_KEEP_ALIVE")) or DEFAULT_KEEP_ALIVE
+            keep_alive = parse_keep_alive(os.environ.get("OLLAMA_KEEP_ALIVE"), env=True) or DEFAULT_KEEP_ALIVE
         except DurationError:
             pass  # Ollama ignores a malformed value too
         return cls(
@@ -82,7 +83,13 @@ def serve(settings: Settings) -> int:
     app = create_app(build_engine(settings))
     config = uvicorn.Config(app, log_level=settings.log_level, timeout_graceful_shutdown=3,
                             access_log=settings.log_level == "debug")
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the handler
+    # that was there before it: make that one a quiet "stop" so we can exit with 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     print("llm-experiment engine: stopped", file=sys.stderr)
     return 0
 

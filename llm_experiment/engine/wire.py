@@ -58,8 +58,7 @@ def local_time(ns: int) -> str:
     """A local-time RFC 3339 timestamp with offset (``Z`` for UTC), as Go writes ``modified_at``."""
     seconds, frac = divmod(ns, 1_000_000_000)
     offset = time.localtime(seconds).tm_gmtoff if seconds < 2**31 else time.localtime().tm_gmtoff
-    moment = time.gmtime(seconds + offset)
-    text = f"{moment.tm_year:04d}-{moment.tm_mon:02d}-{moment.tm_mday:02d}T{moment.tm_hour:02d}:{moment.tm_min:02d}:{moment.tm_sec:02d}"
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds + offset))
     fraction = f"{frac:09d}".rstrip("0")
     if fraction:
         text += "." + fraction

@@ -1,0 +1,103 @@
+"""generate.py and chat.py, through main() and as real subprocesses."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import chat as chat_script
+import generate as generate_script
+from llm_experiment.embedded import free_port, is_serving
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "OLLAMA_HOST"}
+    return subprocess.run([sys.executable, *args], input=stdin, capture_output=True, text=True, cwd=ROOT,
+                          env={**full_env, **(env or {})}, timeout=180)
+
+
+def test_generate_main_streams_the_answer_and_stats(url, capsys):
+    code = generate_script.main(["--server", url, "--seed", "42", "--temperature", "0", "--stats",
+                                 "Why is the sky blue?"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.strip()
+    assert "tokens/s" in err and "prompt" in err and "answer" in err
+
+
+def test_generate_reads_the_prompt_from_stdin(url, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("1, 2, 3, 4,"))
+    assert generate_script.main(["--server", url, "--no-stream", "--temperature", "0", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_generate_reports_errors_with_exit_code_1(url, capsys):
+    assert generate_script.main(["--server", url, "--model", "no-such-model", "hi"]) == 1
+    err = capsys.readouterr().err
+    assert "not found" in err and "ollama pull no-such-model" in err
+
+
+def test_generate_without_a_prompt_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with pytest.raises(SystemExit) as exit_:
+        generate_script.main([])
+    assert exit_.value.code == 2 and "no prompt" in capsys.readouterr().err
+
+
+def test_generate_help_explains_every_option():
+    result = run_script("generate.py", "--help")
+    assert result.returncode == 0
+    for option in ["--model", "--server", "--system", "--temperature", "--seed", "--no-stream", "--stats"]:
+        assert option in result.stdout
+
+
+def test_generate_as_a_subprocess_with_ollama_host(url):
+    result = run_script("generate.py", "--seed", "1", "Name a colour.", env={"OLLAMA_HOST": url})
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr
+
+
+def test_generate_starts_the_embedded_engine_when_no_server_answers():
+    if is_serving("http://127.0.0.1:11434"):
+        pytest.skip("a server already answers on localhost:11434, so the scripts use it")
+    result = run_script("generate.py", "--seed", "1", "Why is the sky blue?")
+    assert result.returncode == 0, result.stderr
+    assert "starting the embedded engine" in result.stderr and result.stdout.strip()
+    assert not is_serving("http://127.0.0.1:11434")  # it ran on a private port and is gone
+
+
+def test_chat_keeps_history_saves_and_loads(url, tmp_path):
+    saved = tmp_path / "chat.json"
+    script = "\n".join(["My name is Ada.", f"/save {saved}", "/reset", f"/load {saved}", "/system Be brief.",
+                        "/nonsense", "/quit", ""])
+    result = run_script("chat.py", "--server", url, "--seed", "1", "--temperature", "0", stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert "(saved 2 messages" in result.stdout and "(conversation cleared)" in result.stdout
+    assert "(loaded 2 messages" in result.stdout and "unknown command /nonsense" in result.stdout
+    data = json.loads(saved.read_text())
+    assert data["messages"][0] == {"role": "user", "content": "My name is Ada."}
+    assert data["messages"][1]["role"] == "assistant" and data["messages"][1]["content"]
+
+
+def test_chat_quits_on_end_of_input(url):
+    result = run_script("chat.py", "--server", url, stdin="")
+    assert result.returncode == 0
+
+
+def test_chat_main_reports_an_unreachable_server(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n"))
+    code = chat_script.main(["--server", f"http://127.0.0.1:{free_port()}"])
+    assert code == 0  # the REPL survives the error and ends at end of input
+    assert "could not connect" in capsys.readouterr().err
+
+
+def test_chat_help_lists_the_commands():
+    result = run_script("chat.py", "--help")
+    for command in ["/reset", "/save", "/load", "/system", "/quit"]:
+        assert command in result.stdout
