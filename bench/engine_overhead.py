@@ -50,8 +50,7 @@ def direct(llm, tokens: int) -> tuple[float, float, int]:
 
 def served(url: str, tokens: int) -> tuple[float, float, int]:
     """The engine over HTTP, read as a client reads it: NDJSON lines parsed one by one."""
-    # keep_alive 0 before: the model reloads, so neither side benefits from a cached prompt... but that
-    # would charge a model load to the server. Instead a different first character defeats the cache.
+    # The direct side resets its cache each run; a different prompt first does the same for the server.
     requests.post(url + "/api/generate", json={"model": "smollm2:135m", "prompt": "x", "raw": True,
                                                "stream": False, "options": {"num_predict": 1}}, timeout=60)
     body = {"model": "smollm2:135m", "prompt": PROMPT, "raw": True,
