@@ -60,6 +60,13 @@ def test_unknown_path_and_method_answer_like_go(url):
     assert r.status_code == 405
 
 
+@pytest.mark.parametrize("method, path", [("POST", "/api/pull"), ("DELETE", "/api/delete"),
+                                          ("POST", "/v1/chat/completions")])
+def test_routes_not_built_yet_say_so(url, method, path):
+    r = requests.request(method, url + path, json={"model": MODEL}, timeout=10)
+    assert r.status_code == 501 and "does not support" in r.json()["error"]
+
+
 # --- generate ------------------------------------------------------------------------------------
 
 

@@ -170,6 +170,17 @@ class Engine:
         return await run(job, self.scheduler, request, load_only=not given)
 
 
+async def _not_yet(request: Request) -> Response:
+    """Ollama routes this engine does not implement yet: say so plainly instead of a bare 404."""
+    return error(501, f"the embedded engine does not support {request.method} {request.url.path} yet; "
+                      "use a real Ollama server for it")
+
+
+NOT_YET = [("/api/pull", ["POST"]), ("/api/push", ["POST"]), ("/api/create", ["POST"]), ("/api/copy", ["POST"]),
+           ("/api/delete", ["DELETE"]), ("/api/embed", ["POST"]), ("/api/embeddings", ["POST"]),
+           ("/api/blobs/{digest}", ["HEAD", "POST"]), ("/v1/{rest:path}", ["GET", "POST"])]
+
+
 def _message(m: dict[str, Any]) -> dict[str, str]:
     """A chat message as the template needs it; roles are lower-cased, as Ollama does."""
     return {"role": (m.get("role") or "").lower(), "content": m.get("content") or ""}
@@ -207,6 +218,7 @@ def create_app(engine: Engine) -> Starlette:
         Route("/api/show", engine.show, methods=["POST"]),
         Route("/api/generate", engine.generate, methods=["POST"]),
         Route("/api/chat", engine.chat, methods=["POST"]),
+        *(Route(path, _not_yet, methods=methods) for path, methods in NOT_YET),
     ]
     app = Starlette(routes=routes, exception_handlers={
         APIError: _api_error, HTTPException: _http_error, Exception: _server_error,
