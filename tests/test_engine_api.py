@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import requests
@@ -270,3 +271,12 @@ def test_a_body_over_the_size_bound_is_refused(url):
     r = requests.post(url + "/api/generate", data=b'{"prompt": "' + b"x" * (65 * 1024 * 1024) + b'"}', timeout=60)
     assert (r.status_code, r.json()) == (413, {"error": "http: request body too large"})
     assert requests.get(url + "/", timeout=10).ok
+
+
+def test_the_model_unloads_when_keep_alive_runs_out(url):
+    post(url, "/api/generate", {"model": MODEL, "keep_alive": "1s"})
+    assert requests.get(url + "/api/ps", timeout=10).json()["models"]
+    deadline = time.monotonic() + 30
+    while requests.get(url + "/api/ps", timeout=10).json()["models"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert requests.get(url + "/api/ps", timeout=10).json()["models"] == []

@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,38 @@ def test_chat_help_lists_the_commands():
     result = run_script("chat.py", "--help")
     for command in ["/reset", "/save", "/load", "/system", "/quit"]:
         assert command in result.stdout
+
+
+def read_until(fd: int, predicate, timeout: float = 60) -> str:
+    """Read a subprocess's output until ``predicate(text)`` holds; fail after ``timeout`` seconds."""
+    data, deadline = b"", time.monotonic() + timeout
+    while not predicate(data.decode(errors="replace")):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"timed out waiting; output so far: {data!r}")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise AssertionError(f"the process ended; output: {data!r}")
+        data += chunk
+    return data.decode(errors="replace")
+
+
+def test_chat_ctrl_c_stops_the_answer_and_keeps_the_conversation(url, tmp_path):
+    saved = tmp_path / "chat.json"
+    env = {k: v for k, v in os.environ.items() if k != "OLLAMA_HOST"}
+    process = subprocess.Popen([sys.executable, "chat.py", "--server", url, "--temperature", "0"], cwd=ROOT,
+                               env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        read_until(process.stdout.fileno(), lambda t: t.endswith("you> "))
+        process.stdin.write(b"Write a long essay about the history of Rome.\n")
+        process.stdin.flush()
+        read_until(process.stdout.fileno(), lambda t: len(t.strip()) >= 10)  # the answer is streaming
+        process.send_signal(signal.SIGINT)
+        rest, err = process.communicate(f"/save {saved}\n/quit\n".encode(), timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert "(answer interrupted; the conversation is kept)" in rest.decode()
+    messages = json.loads(saved.read_text())["messages"]
+    assert messages[0]["content"].startswith("Write a long essay")
+    assert messages[1]["role"] == "assistant" and messages[1]["content"]
