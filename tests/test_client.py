@@ -6,7 +6,7 @@ import socket
 import threading
 
 import pytest
-from conftest import GREEDY
+from support import GREEDY
 
 from llm_experiment import Conversation, OllamaError, Reply, Stream, chat, generate
 from llm_experiment.embedded import free_port

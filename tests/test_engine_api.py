@@ -7,7 +7,7 @@ import time
 
 import pytest
 import requests
-from conftest import GREEDY, MODEL
+from support import GREEDY, MODEL
 
 SHORT = {**GREEDY, "num_predict": 8}
 METRICS = ["total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",

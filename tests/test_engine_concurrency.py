@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from conftest import MODEL, start_engine
+from support import MODEL, start_engine
 
 # Raw counting runs on and on (greedy), so this request stays busy until we hang up.
 LONG = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "raw": True,

@@ -6,7 +6,7 @@ import asyncio
 
 import ollama
 import pytest
-from conftest import GREEDY, MODEL
+from support import GREEDY, MODEL
 
 SHORT = {**GREEDY, "num_predict": 8}
 

@@ -1,0 +1,34 @@
+"""What the tests share: the model name, greedy options, and starting extra engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO
+
+from llm_experiment.embedded import EmbeddedServer
+
+MODEL = "smollm2:135m"
+#: Deterministic output for assertions on content.
+GREEDY = {"temperature": 0, "seed": 42}
+
+
+class RunningEngine:
+    """A started engine: its URL and the log it writes (stdout and stderr)."""
+
+    def __init__(self, url: str, log_path: Path, server: EmbeddedServer | None = None):
+        self.url = url
+        self.log_path = log_path
+        self.server = server
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_engine(tmp: Path, name: str, args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> tuple[RunningEngine, IO[str]]:
+    """Start one more engine (for settings the shared one does not have); the caller stops it."""
+    log_path = tmp / f"{name}.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed by the caller
+    server = EmbeddedServer(log=log, args=args, env=env)
+    server.start()
+    return RunningEngine(server.url, log_path, server), log
