@@ -61,7 +61,23 @@ def test_unknown_path_and_method_answer_like_go(url):
     assert r.status_code == 405
 
 
-@pytest.mark.parametrize("method, path", [("POST", "/api/pull"), ("DELETE", "/api/delete"),
+def test_pull_of_the_bundled_model_reports_real_progress(url):
+    statuses = ndjson(post(url, "/api/pull", {"model": MODEL}))
+    assert statuses[0] == {"status": "pulling manifest"} and statuses[-1] == {"status": "success"}
+    progress = [s for s in statuses if "completed" in s]
+    assert progress and progress[-1]["completed"] == progress[-1]["total"] > 50_000_000
+    assert progress[-1]["digest"].startswith("sha256:")
+    assert post(url, "/api/pull", {"model": MODEL, "stream": False}).json() == {"status": "success"}
+
+
+def test_pull_of_an_unknown_model_fails_as_in_ollama(url):
+    lines = ndjson(post(url, "/api/pull", {"model": "no-such-model"}))
+    assert lines[-1] == {"error": "pull model manifest: file does not exist"}
+    r = post(url, "/api/pull", {"model": "no-such-model", "stream": False})
+    assert (r.status_code, r.json()) == (500, {"error": "pull model manifest: file does not exist"})
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/api/create"), ("DELETE", "/api/delete"),
                                           ("POST", "/v1/chat/completions")])
 def test_routes_not_built_yet_say_so(url, method, path):
     r = requests.request(method, url + path, json={"model": MODEL}, timeout=10)

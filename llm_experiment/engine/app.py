@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +13,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .completion import Job, check_capabilities, done_without_generating, grammar_of, keep_alive_of, options_of, run
@@ -21,7 +23,7 @@ from .prompt import CHATML_TEMPLATE, fit_messages, render_chatml
 from .runner import Runner
 from .scheduler import Scheduler
 from .show import model_info, modelfile_text, parameters_text
-from .wire import APIError, JSONResponse, error, local_time
+from .wire import APIError, JSONResponse, error, local_time, ndjson_line
 
 log = logging.getLogger("llm_experiment.engine")
 
@@ -113,6 +115,25 @@ class Engine:
         # Go leaves out empty strings (omitempty); model_info stays, the ollama client requires it.
         return JSONResponse({k: v for k, v in answer.items() if v != "" or k == "model_info"})
 
+    async def pull(self, request: Request) -> Response:
+        """Pull a model. Only the bundled one can be had: it is already on disk, so this checks its digest."""
+        body = await self.body(request, "PullRequest")
+        name = body.get("model") or body.get("name") or ""
+        if normalize_name(name) is None:
+            raise APIError(400, "invalid model name")
+        model = self.registry.get(name)
+        stream = body.get("stream") is not False
+        if model is None:
+            message = "pull model manifest: file does not exist"
+            if not stream:
+                raise APIError(500, message)
+            return StreamingResponse(iter([ndjson_line({"status": "pulling manifest"}),
+                                           ndjson_line({"error": message})]), media_type="application/x-ndjson")
+        if not stream:
+            await asyncio.to_thread(lambda: model.digest)
+            return JSONResponse({"status": "success"})
+        return StreamingResponse(_pull_statuses(model), media_type="application/x-ndjson")
+
     async def generate(self, request: Request) -> Response:
         started = time.perf_counter_ns()
         body = await self.body(request, "GenerateRequest")
@@ -170,13 +191,33 @@ class Engine:
         return await run(job, self.scheduler, request, load_only=not given)
 
 
+async def _pull_statuses(model: Model) -> AsyncIterator[bytes]:
+    """Ollama's pull progress, for real: the installed weights are read and hashed as we report,
+    then checked against the digest the model is listed under."""
+    yield ndjson_line({"status": "pulling manifest"})
+    digest = f"sha256:{await asyncio.to_thread(lambda: model.digest)}"
+    total, done, sha = model.size, 0, hashlib.sha256()
+    with open(model.path, "rb") as f:
+        while block := await asyncio.to_thread(f.read, 8 << 20):
+            sha.update(block)
+            done += len(block)
+            yield ndjson_line({"status": f"pulling {digest[7:19]}", "digest": digest, "total": total,
+                               "completed": done})
+    yield ndjson_line({"status": "verifying sha256 digest"})
+    if f"sha256:{sha.hexdigest()}" != digest:
+        yield ndjson_line({"error": f"digest mismatch, file must be downloaded again: {model.path}"})
+        return
+    for status in ("writing manifest", "success"):
+        yield ndjson_line({"status": status})
+
+
 async def _not_yet(request: Request) -> Response:
     """Ollama routes this engine does not implement yet: say so plainly instead of a bare 404."""
     return error(501, f"the embedded engine does not support {request.method} {request.url.path} yet; "
                       "use a real Ollama server for it")
 
 
-NOT_YET = [("/api/pull", ["POST"]), ("/api/push", ["POST"]), ("/api/create", ["POST"]), ("/api/copy", ["POST"]),
+NOT_YET = [("/api/push", ["POST"]), ("/api/create", ["POST"]), ("/api/copy", ["POST"]),
            ("/api/delete", ["DELETE"]), ("/api/embed", ["POST"]), ("/api/embeddings", ["POST"]),
            ("/api/blobs/{digest}", ["HEAD", "POST"]), ("/v1/{rest:path}", ["GET", "POST"])]
 
@@ -218,6 +259,7 @@ def create_app(engine: Engine) -> Starlette:
         Route("/api/show", engine.show, methods=["POST"]),
         Route("/api/generate", engine.generate, methods=["POST"]),
         Route("/api/chat", engine.chat, methods=["POST"]),
+        Route("/api/pull", engine.pull, methods=["POST"]),
         *(Route(path, _not_yet, methods=methods) for path, methods in NOT_YET),
     ]
     app = Starlette(routes=routes, exception_handlers={

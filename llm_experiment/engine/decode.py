@@ -21,6 +21,7 @@ FIELDS: dict[str, dict[str, Any]] = {
         "tools": "[]any", "options": "map", "think": "any",
     },
     "ShowRequest": {"model": "string", "name": "string", "system": "string", "verbose": "bool", "options": "map"},
+    "PullRequest": {"model": "string", "name": "string", "insecure": "bool", "stream": "bool"},
 }
 
 _GO_NAMES = {"string": "string", "bool": "bool", "map": "map[string]interface {}", "[]string": "[]string",
