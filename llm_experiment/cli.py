@@ -37,10 +37,17 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .check import main
+
+    return main(args.server, args.model, not args.no_pull)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-experiment",
-        description="Tools of the LLM Experiment course. `serve` runs the embedded Ollama-compatible engine.",
+        description="Tools of the LLM Experiment course. `serve` runs the embedded Ollama-compatible engine; "
+                    "`check` tells whether everything is ready.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
@@ -66,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="how much to log on stderr (debug adds one line per HTTP request)")
     serve.set_defaults(run=_serve)
+
+    check = commands.add_parser(
+        "check", help="check that everything is ready for the course",
+        description="Check the Python packages, that the server answers, that the model is there (pulling it "
+                    "when missing) and that it generates. One [OK]/[FAIL] line per check, with a fix for each "
+                    "failure. Exit code 0 when all pass, 1 otherwise.",
+    )
+    check.add_argument("--server", help="server URL (default: $OLLAMA_HOST or http://127.0.0.1:11434)")
+    check.add_argument("--model", help="model to check (default: $LLM_MODEL or smollm2:135m)")
+    check.add_argument("--no-pull", action="store_true", help="report a missing model instead of pulling it")
+    check.set_defaults(run=_check)
     return parser
 
 
