@@ -20,12 +20,15 @@ _started: list[EmbeddedServer] = []
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    log_path = Path(tempfile.mkdtemp(prefix="llm-experiment-")) / "engine.log"
-    server = EmbeddedServer(log=open(log_path, "w"), env={"OLLAMA_KEEP_ALIVE": "-1"})  # noqa: SIM115
+    folder = Path(tempfile.mkdtemp(prefix="llm-experiment-"))
+    log_path = folder / "engine.log"
+    env = {"OLLAMA_KEEP_ALIVE": "-1", "OLLAMA_MODELS": str(folder / "models")}  # a fresh, private model store
+    server = EmbeddedServer(log=open(log_path, "w"), env=env)  # noqa: SIM115
     server.start()
     _started.append(server)
     os.environ["OLLAMA_HOST"] = os.environ["LLM_EXPERIMENT_TEST_ENGINE"] = server.url
     os.environ["LLM_EXPERIMENT_TEST_ENGINE_LOG"] = str(log_path)
+    os.environ["LLM_EXPERIMENT_TEST_MODELS"] = env["OLLAMA_MODELS"]
     os.environ.pop("LLM_MODEL", None)  # the course's default model, smollm2:135m
 
 

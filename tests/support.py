@@ -29,6 +29,6 @@ def start_engine(tmp: Path, name: str, args: list[str] | None = None,
     """Start one more engine (for settings the shared one does not have); the caller stops it."""
     log_path = tmp / f"{name}.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed by the caller
-    server = EmbeddedServer(log=log, args=args, env=env)
+    server = EmbeddedServer(log=log, args=args, env={"OLLAMA_MODELS": str(tmp / "models"), **(env or {})})
     server.start()
     return RunningEngine(server.url, log_path, server), log

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from . import manage
 from .completion import Job, check_capabilities, done_without_generating, grammar_of, keep_alive_of, options_of, run
 from .decode import parse_body
-from .models import Model, Registry, normalize_name
-from .prompt import CHATML_TEMPLATE, fit_messages, render_chatml
+from .models import Model, normalize_name
+from .prompt import CHATML_TEMPLATE, fit_messages, render
 from .runner import Runner
 from .scheduler import Scheduler
 from .show import model_info, modelfile_text, parameters_text
-from .wire import APIError, JSONResponse, error, local_time, ndjson_line
+from .store import Store
+from .wire import APIError, JSONResponse, error, local_time
 
 log = logging.getLogger("llm_experiment.engine")
 
@@ -40,8 +41,8 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 class Engine:
     """The state behind the routes: which models exist and who is running."""
 
-    def __init__(self, registry: Registry, scheduler: Scheduler, max_body: int = DEFAULT_MAX_BODY):
-        self.registry = registry
+    def __init__(self, store: Store, scheduler: Scheduler, max_body: int = DEFAULT_MAX_BODY):
+        self.store = store
         self.scheduler = scheduler
         self.max_body = max_body
 
@@ -63,7 +64,7 @@ class Engine:
             raise APIError(empty_status, empty_message)
         if normalize_name(name) is None:
             raise APIError(400, "invalid model name")
-        model = self.registry.get(name)
+        model = self.store.get(name)
         if model is None:
             raise APIError(404, f'model "{name}" not found, try pulling it first')
         return model
@@ -77,10 +78,10 @@ class Engine:
         return JSONResponse({"version": VERSION})
 
     async def tags(self, request: Request) -> Response:
-        models = sorted(self.registry.all(), key=lambda m: m.modified_ns, reverse=True)
+        models = sorted(self.store.all(), key=lambda m: m.modified_ns, reverse=True)
         return JSONResponse({"models": [
             {"name": m.name, "model": m.name, "modified_at": local_time(m.modified_ns), "size": m.size,
-             "digest": m.digest, "details": m.details}
+             "digest": m.manifest_digest(), "details": m.details}
             for m in models
         ]})
 
@@ -88,8 +89,9 @@ class Engine:
         rows = []
         for name, runner, expires_ns in self.scheduler.loaded():
             m = runner.model
-            rows.append({"name": name, "model": name, "size": m.size, "digest": m.digest, "details": m.details,
-                         "expires_at": local_time(expires_ns), "size_vram": 0, "context_length": runner.num_ctx})
+            rows.append({"name": name, "model": name, "size": m.size, "digest": m.manifest_digest(),
+                         "details": m.details, "expires_at": local_time(expires_ns), "size_vram": 0,
+                         "context_length": runner.num_ctx})
         return JSONResponse({"models": rows})
 
     async def show(self, request: Request) -> Response:
@@ -97,42 +99,25 @@ class Engine:
         name = body.get("model") or body.get("name") or ""
         if not name.strip():
             raise APIError(400, "model is required")
-        model = self.registry.get(name) if normalize_name(name) else None
+        model = self.store.get(name) if normalize_name(name) else None
         if model is None:
             raise APIError(404 if normalize_name(name) else 400,
                            f"model '{name}' not found" if normalize_name(name) else "invalid model name")
+        template = model.template or CHATML_TEMPLATE
         answer: dict[str, Any] = {
-            "license": model.license,
-            "modelfile": modelfile_text(model, CHATML_TEMPLATE),
+            "license": "\n".join(model.license),
+            "modelfile": modelfile_text(model, template),
             "parameters": parameters_text(model.parameters),
-            "template": CHATML_TEMPLATE,
+            "template": template,
             "system": model.system,
             "details": model.details,
+            "messages": model.messages or "",
             "model_info": model_info(model),
             "capabilities": model.capabilities,
             "modified_at": local_time(model.modified_ns),
         }
         # Go leaves out empty strings (omitempty); model_info stays, the ollama client requires it.
         return JSONResponse({k: v for k, v in answer.items() if v != "" or k == "model_info"})
-
-    async def pull(self, request: Request) -> Response:
-        """Pull a model. Only the bundled one can be had: it is already on disk, so this checks its digest."""
-        body = await self.body(request, "PullRequest")
-        name = body.get("model") or body.get("name") or ""
-        if normalize_name(name) is None:
-            raise APIError(400, "invalid model name")
-        model = self.registry.get(name)
-        stream = body.get("stream") is not False
-        if model is None:
-            message = "pull model manifest: file does not exist"
-            if not stream:
-                raise APIError(500, message)
-            return StreamingResponse(iter([ndjson_line({"status": "pulling manifest"}),
-                                           ndjson_line({"error": message})]), media_type="application/x-ndjson")
-        if not stream:
-            await asyncio.to_thread(lambda: model.digest)
-            return JSONResponse({"status": "success"})
-        return StreamingResponse(_pull_statuses(model), media_type="application/x-ndjson")
 
     async def generate(self, request: Request) -> Response:
         started = time.perf_counter_ns()
@@ -152,14 +137,16 @@ class Engine:
             raise APIError(400, "the embedded engine does not support the template field yet; leave it out")
         system = body.get("system") or model.system
         context = body.get("context")
+        messages = [{"role": "system", "content": system}] if system else []
+        if not context:
+            messages += model.messages  # a model's MESSAGE turns, unless we continue an earlier answer
+        messages.append({"role": "user", "content": prompt})
 
         def build(runner: Runner) -> list[int]:
             if raw:
                 return runner.tokenize(prompt)
-            messages = [{"role": "system", "content": system}] if system else []
-            messages.append({"role": "user", "content": prompt})
             before = runner.detokenize(context) if context else ""  # Ollama prepends the old context as text
-            return runner.tokenize(before + render_chatml(messages))
+            return runner.tokenize(before + render(model.template, messages))
 
         job = Job(model=model, name=name, kind="generate", options=options_of(model, body), keep_alive=keep_alive,
                   stream=body.get("stream") is not False, grammar=grammar_of(body.get("format")) if prompt else None,
@@ -177,38 +164,19 @@ class Engine:
             self.scheduler.unload(model)
             return done_without_generating("chat", name, "unload")
         check_capabilities(model, body, tools=bool(body.get("tools")), vision=any(m.get("images") for m in given))
-        messages = [_message(m) for m in given]
+        messages = model.messages + [_message(m) for m in given]  # a model's MESSAGE turns come first
         if messages and model.system and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": model.system})
 
         def build(runner: Runner) -> list[int]:
             count = lambda text: len(runner.tokenize(text))  # noqa: E731
-            return runner.tokenize(render_chatml(fit_messages(messages, runner.num_ctx, count)))
+            as_text = partial(render, model.template)
+            return runner.tokenize(as_text(fit_messages(messages, runner.num_ctx, count, as_text)))
 
         job = Job(model=model, name=name, kind="chat", options=options_of(model, body), keep_alive=keep_alive,
                   stream=body.get("stream") is not False, grammar=grammar_of(body.get("format")) if given else None,
                   build_prompt=build, context_out=False, started_ns=started)
         return await run(job, self.scheduler, request, load_only=not given)
-
-
-async def _pull_statuses(model: Model) -> AsyncIterator[bytes]:
-    """Ollama's pull progress, for real: the installed weights are read and hashed as we report,
-    then checked against the digest the model is listed under."""
-    yield ndjson_line({"status": "pulling manifest"})
-    digest = f"sha256:{await asyncio.to_thread(lambda: model.digest)}"
-    total, done, sha = model.size, 0, hashlib.sha256()
-    with open(model.path, "rb") as f:
-        while block := await asyncio.to_thread(f.read, 8 << 20):
-            sha.update(block)
-            done += len(block)
-            yield ndjson_line({"status": f"pulling {digest[7:19]}", "digest": digest, "total": total,
-                               "completed": done})
-    yield ndjson_line({"status": "verifying sha256 digest"})
-    if f"sha256:{sha.hexdigest()}" != digest:
-        yield ndjson_line({"error": f"digest mismatch, file must be downloaded again: {model.path}"})
-        return
-    for status in ("writing manifest", "success"):
-        yield ndjson_line({"status": status})
 
 
 async def _not_yet(request: Request) -> Response:
@@ -217,9 +185,8 @@ async def _not_yet(request: Request) -> Response:
                       "use a real Ollama server for it")
 
 
-NOT_YET = [("/api/push", ["POST"]), ("/api/create", ["POST"]), ("/api/copy", ["POST"]),
-           ("/api/delete", ["DELETE"]), ("/api/embed", ["POST"]), ("/api/embeddings", ["POST"]),
-           ("/api/blobs/{digest}", ["HEAD", "POST"]), ("/v1/{rest:path}", ["GET", "POST"])]
+NOT_YET = [("/api/push", ["POST"]), ("/api/embed", ["POST"]), ("/api/embeddings", ["POST"]),
+           ("/v1/{rest:path}", ["GET", "POST"])]
 
 
 def _message(m: dict[str, Any]) -> dict[str, str]:
@@ -259,7 +226,11 @@ def create_app(engine: Engine) -> Starlette:
         Route("/api/show", engine.show, methods=["POST"]),
         Route("/api/generate", engine.generate, methods=["POST"]),
         Route("/api/chat", engine.chat, methods=["POST"]),
-        Route("/api/pull", engine.pull, methods=["POST"]),
+        Route("/api/pull", partial(manage.pull, engine), methods=["POST"]),
+        Route("/api/create", partial(manage.create, engine), methods=["POST"]),
+        Route("/api/copy", partial(manage.copy, engine), methods=["POST"]),
+        Route("/api/delete", partial(manage.delete, engine), methods=["DELETE"]),
+        Route("/api/blobs/{digest}", partial(manage.blob, engine), methods=["HEAD", "POST"]),
         *(Route(path, _not_yet, methods=methods) for path, methods in NOT_YET),
     ]
     app = Starlette(routes=routes, exception_handlers={

@@ -22,6 +22,13 @@ FIELDS: dict[str, dict[str, Any]] = {
     },
     "ShowRequest": {"model": "string", "name": "string", "system": "string", "verbose": "bool", "options": "map"},
     "PullRequest": {"model": "string", "name": "string", "insecure": "bool", "stream": "bool"},
+    "CreateRequest": {
+        "model": "string", "name": "string", "from": "string", "files": "map", "adapters": "map",
+        "template": "string", "license": "any", "system": "string", "parameters": "map", "messages": [_MESSAGE],
+        "stream": "bool", "quantize": "string", "quantization": "string",
+    },
+    "CopyRequest": {"source": "string", "destination": "string"},
+    "DeleteRequest": {"model": "string", "name": "string"},
 }
 
 _GO_NAMES = {"string": "string", "bool": "bool", "map": "map[string]interface {}", "[]string": "[]string",

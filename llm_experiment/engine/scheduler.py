@@ -71,7 +71,7 @@ class Scheduler:
                 slot.timer.cancel()
                 slot.timer = None
             wanted_ctx = num_ctx or self.default_num_ctx
-            if slot.runner is None or slot.runner.num_ctx != wanted_ctx:
+            if slot.runner is None or slot.runner.num_ctx != wanted_ctx or slot.runner.model.path != model.path:
                 if slot.runner is not None:
                     slot.runner.close()  # Ollama reloads a model when num_ctx changes
                     slot.runner = None

@@ -8,14 +8,16 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 from ..hosts import listen_address
 from .app import DEFAULT_MAX_BODY, Engine, create_app
-from .models import BUNDLED_NAME, Registry, bundled_gguf, models_dir
+from .models import BUNDLED_NAME, bundled_gguf, models_dir
 from .options import DEFAULT_KEEP_ALIVE, DurationError, parse_keep_alive
 from .scheduler import Scheduler
+from .store import Store
 
 DEFAULT_NUM_CTX = 4096
 
@@ -57,7 +59,7 @@ def _int_env(name: str, default: int) -> int:
 def build_engine(settings: Settings) -> Engine:
     scheduler = Scheduler(max_queue=settings.max_queue, keep_alive=settings.keep_alive,
                           num_ctx=settings.num_ctx, threads=settings.threads)
-    return Engine(Registry(), scheduler, max_body=settings.max_body)
+    return Engine(Store(Path(settings.models)), scheduler, max_body=settings.max_body)
 
 
 def serve(settings: Settings) -> int:

@@ -34,6 +34,21 @@ def _typed(value: str) -> Any:
     return {"true": True, "false": False}.get(value, value)
 
 
+# general.file_type -> the quantization name Ollama shows (llama.cpp's llama_ftype).
+FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+              12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+              30: "IQ4_XS", 32: "BF16"}
+
+
+def gguf_details(path: Path) -> dict[str, Any]:
+    """``details`` for a GGUF file, from its metadata, as Ollama fills them in when it creates a model."""
+    info = _gguf_metadata(path)
+    family = str(info.get("general.architecture", ""))
+    size = str(info.get("general.size_label", ""))
+    return {"parent_model": "", "format": "gguf", "family": family, "families": [family] if family else None,
+            "parameter_size": size, "quantization_level": FILE_TYPES.get(info.get("general.file_type"), "unknown")}
+
+
 def model_info(model: Model) -> dict[str, Any]:
     """The GGUF metadata, keys sorted as Go sorts a map. (llama.cpp does not hand over array values.)"""
     info = _gguf_metadata(model.path)
@@ -63,7 +78,9 @@ def modelfile_text(model: Model, template: str) -> str:
         out.append(f'SYSTEM """{model.system}"""')
     for name, value in model.parameters.items():
         for item in value if isinstance(value, list) else [value]:
-            out.append(f"PARAMETER {name} {item}")
-    if model.license:
-        out.append(f'LICENSE """{model.license}"""')
+            out.append(f"PARAMETER {name} {json.dumps(item) if isinstance(item, str) else item}")
+    for message in model.messages:
+        out.append(f'MESSAGE {message["role"]} """{message["content"]}"""')
+    for text in model.license:
+        out.append(f'LICENSE """{text}"""')
     return "\n".join(out) + "\n"
