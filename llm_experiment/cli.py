@@ -84,7 +84,42 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--model", help="model to check (default: $LLM_MODEL or smollm2:135m)")
     check.add_argument("--no-pull", action="store_true", help="report a missing model instead of pulling it")
     check.set_defaults(run=_check)
+
+    # Model commands, as `ollama` names them; they work against any server.
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--server", help="server URL (default: $OLLAMA_HOST or http://127.0.0.1:11434)")
+
+    def model_command(name: str, help: str, run) -> argparse.ArgumentParser:  # noqa: ANN001
+        sub = commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", parents=[server])
+        sub.set_defaults(run=run)
+        return sub
+
+    create = model_command("create", "create a model from a Modelfile",
+                           lambda a: _models("create", a.server, a.name, a.file))
+    create.add_argument("name", help="name of the new model, e.g. pirate or teacher:v2")
+    create.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default: ./Modelfile)")
+    model_command("list", "list the models on the server", lambda a: _models("list_models", a.server))
+    show = model_command("show", "show a model's details, or one part of it",
+                         lambda a: _models("show", a.server, a.name, a.part))
+    show.add_argument("name", help="model name")
+    parts = show.add_mutually_exclusive_group()
+    for part in ("modelfile", "parameters", "template", "system", "license"):
+        parts.add_argument(f"--{part}", dest="part", action="store_const", const=part, help=f"print only the {part}")
+    cp = model_command("cp", "copy a model under a new name", lambda a: _models("copy", a.server, a.source, a.dest))
+    cp.add_argument("source")
+    cp.add_argument("dest")
+    rm = model_command("rm", "delete models", lambda a: _models("remove", a.server, a.names))
+    rm.add_argument("names", nargs="+", metavar="name")
+    pull = model_command("pull", "pull a model, with a progress bar", lambda a: _models("pull", a.server, a.name))
+    pull.add_argument("name")
+    model_command("ps", "list the models loaded in memory", lambda a: _models("ps", a.server))
     return parser
+
+
+def _models(command: str, *args: object) -> int:
+    from . import commands
+
+    return commands.run(command, *args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,27 @@
-"""Reading the timing fields of a final answer: nanoseconds into seconds and tokens per second."""
+"""Timing statistics: the numbers every answer carries, measured, tabulated and summarised.
+
+Every Ollama answer ends with counts and durations (in nanoseconds). This module turns them into
+seconds and rates, measures what only the client can see (wall time, time to first token),
+runs small experiment grids with repeats, and keeps the results in tidy pandas tables.
+"""
 
 from __future__ import annotations
 
+import itertools
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import requests
+
+from .hosts import default_model, server_url
+from .ndjson import iter_ndjson
+
 NS_PER_S = 1_000_000_000
+DURATIONS = ["total_duration", "load_duration", "prompt_eval_duration", "eval_duration"]
+METRICS = ["total_s", "load_s", "prompt_eval_s", "eval_s", "prompt_tokens_per_s", "tokens_per_s", "ttft_s", "wall_s"]
 
 
 def rate(tokens: int | None, duration_ns: int | None) -> float | None:
@@ -14,10 +31,9 @@ def rate(tokens: int | None, duration_ns: int | None) -> float | None:
     return tokens / (duration_ns / NS_PER_S)
 
 
-def summarize(final: dict[str, Any]) -> dict[str, Any]:
+def summarize(final: Mapping[str, Any]) -> dict[str, Any]:
     """The figures of one answer: durations in seconds, counts, and prompt and decode speeds."""
-    seconds = {k: (final.get(k) or 0) / NS_PER_S
-               for k in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration")}
+    seconds = {k: (final.get(k) or 0) / NS_PER_S for k in DURATIONS}
     return {
         **seconds,
         "prompt_eval_count": final.get("prompt_eval_count", 0),
@@ -28,7 +44,7 @@ def summarize(final: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def format_summary(final: dict[str, Any]) -> str:
+def format_summary(final: Mapping[str, Any]) -> str:
     """A few human lines, for ``generate.py --stats``."""
     s = summarize(final)
 
@@ -42,3 +58,105 @@ def format_summary(final: dict[str, Any]) -> str:
         f"{speed(s['prompt_tokens_per_s'])}",
         f"answer    {s['eval_duration']:8.3f} s   {s['eval_count']:5d} tokens   {speed(s['tokens_per_s'])}",
     ])
+
+
+def to_row(final: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """One tidy row: the server's counts, its durations in seconds, the rates, and ``extra`` labels."""
+    s = summarize(final)
+    return {
+        **extra,
+        "prompt_eval_count": s["prompt_eval_count"],
+        "eval_count": s["eval_count"],
+        "total_s": s["total_duration"],
+        "load_s": s["load_duration"],
+        "prompt_eval_s": s["prompt_eval_duration"],
+        "eval_s": s["eval_duration"],
+        "prompt_tokens_per_s": s["prompt_tokens_per_s"],
+        "tokens_per_s": s["tokens_per_s"],
+        "done_reason": s["done_reason"],
+    }
+
+
+def measure(prompt: str, *, model: str | None = None, options: Mapping[str, Any] | None = None,
+            server: str | None = None, keep_alive: str | int | None = None) -> dict[str, Any]:
+    """Run one streamed ``/api/generate`` and return its row, with what the client saw as well.
+
+    ``wall_s`` is the time from sending the request to the last line, ``ttft_s`` the time to the
+    first piece of text: the two numbers a user feels, which the server cannot report.
+    """
+    body: dict[str, Any] = {"model": model or default_model(), "prompt": prompt, "options": dict(options or {})}
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
+    start = time.perf_counter()
+    first: float | None = None
+    final: dict[str, Any] = {}
+    with requests.post(server_url(server) + "/api/generate", json=body, stream=True, timeout=(5, 300)) as r:
+        r.raise_for_status()
+        for obj in iter_ndjson(r):
+            if first is None and obj.get("response"):
+                first = time.perf_counter()
+            if obj.get("done"):
+                final = obj
+    wall = time.perf_counter() - start
+    return to_row(final, wall_s=wall, ttft_s=(first - start) if first is not None else None)
+
+
+def unload(model: str | None = None, server: str | None = None) -> None:
+    """Ask the server to unload ``model`` now (``keep_alive: 0``), so the next request starts cold."""
+    requests.post(server_url(server) + "/api/generate", json={"model": model or default_model(), "keep_alive": 0},
+                  timeout=(5, 60)).raise_for_status()
+
+
+def run_grid(prompts: Mapping[str, str], *, grid: Mapping[str, Iterable[Any]] | None = None, repeats: int = 3,
+             warmup: int = 1, cold: bool = False, model: str | None = None, server: str | None = None,
+             base_options: Mapping[str, Any] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Measure every combination of ``prompts`` (label -> text) and ``grid`` options, ``repeats`` times.
+
+    ``grid`` maps option names (``num_predict``, ``temperature``, ...) to the values to try. Before
+    each combination, ``warmup`` runs load the model and fill caches; they are kept in the table with
+    ``warmup=True`` so you can see them, and left out by :func:`summary`. With ``cold=True`` the model is
+    unloaded before the first measured run of each combination, which is then marked ``cold=True``.
+    """
+    grid = {name: list(values) for name, values in (grid or {}).items()}
+    combos = list(itertools.product(prompts.items(), *grid.values()))
+    rows = []
+    for number, ((label, prompt), *values) in enumerate(combos, start=1):
+        options = {**(base_options or {}), **dict(zip(grid, values, strict=True))}
+        for run in range(-warmup, repeats):
+            is_cold = cold and run == 0
+            if is_cold:
+                unload(model, server)
+            row = measure(prompt, model=model, options=options, server=server)
+            rows.append({"prompt": label, **options, "run": run, "warmup": run < 0, "cold": is_cold, **row})
+        if progress:
+            print(f"\r{number}/{len(combos)} combinations measured", end="", flush=True)
+    if progress:
+        print()
+    return pd.DataFrame(rows)
+
+
+def summary(results: pd.DataFrame, by: str | list[str], metrics: list[str] | None = None) -> pd.DataFrame:
+    """Median and spread (interquartile range) of each metric per group, warm-up runs left out.
+
+    One run is not a measurement: the median resists outliers, and the IQR says how much to trust it.
+    """
+    measured = results[~results["warmup"]] if "warmup" in results else results
+    metrics = [m for m in (metrics or METRICS) if m in measured]
+    grouped = measured.groupby(by)[metrics]
+    table = pd.concat({"median": grouped.median(), "iqr": grouped.quantile(0.75) - grouped.quantile(0.25)}, axis=1)
+    table[("runs", "")] = grouped.size()
+    return table
+
+
+def save_csv(results: pd.DataFrame, path: str | Path) -> None:
+    """Write results to CSV (one row per run)."""
+    results.to_csv(path, index=False)
+
+
+def load_csv(path: str | Path) -> pd.DataFrame:
+    """Read results written by :func:`save_csv`, with the same column types."""
+    table = pd.read_csv(path)
+    for column in ("warmup", "cold"):
+        if column in table:
+            table[column] = table[column].astype(bool)
+    return table

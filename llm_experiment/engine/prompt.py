@@ -11,9 +11,9 @@ from typing import Any
 CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
 {{ .System }}<|im_end|>
 {{ end }}
-{{- range .Messages }}<|im_start|>{{ .Role }}
+{{- range .Messages }}{{ if ne .Role "system" }}<|im_start|>{{ .Role }}
 {{ .Content }}<|im_end|>
-{{ end }}<|im_start|>assistant
+{{ end }}{{ end }}<|im_start|>assistant
 """
 
 
@@ -52,7 +52,7 @@ def render(template: str, messages: list[dict[str, Any]]) -> str:
         return render_chatml(messages)
     from .gotemplate import render_conversation  # only models created with a TEMPLATE need it
 
-    return render_conversation(template, messages)
+    return render_conversation(template, "", messages)  # the caller has put the system message first
 
 
 def fit_messages(messages: list[dict[str, Any]], num_ctx: int, count_tokens: Callable[[str], int],

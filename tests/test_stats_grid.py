@@ -1,0 +1,63 @@
+"""The experiment runner against the engine, the summaries, CSV, and the plot helpers."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from llm_experiment.plots import box_by, fit_line, scatter_with_fit  # noqa: E402
+from llm_experiment.stats import load_csv, measure, run_grid, save_csv, summary, to_row  # noqa: E402
+
+
+def test_measure_sees_what_the_client_sees(url):
+    row = measure("Why is the sky blue?", server=url, options={"num_predict": 5, "temperature": 0})
+    assert row["eval_count"] == 5 and row["done_reason"] == "length"
+    assert 0 < row["ttft_s"] <= row["wall_s"]
+    assert row["total_s"] <= row["wall_s"]  # the server's own clock runs inside the client's
+
+
+@pytest.fixture(scope="module")
+def grid_results(engine):
+    prompts = {"short": "Hi", "long": "Tell me about the sea. " * 8}
+    return run_grid(prompts, grid={"num_predict": [2, 6]}, repeats=2, warmup=1, cold=True, server=engine.url,
+                    base_options={"temperature": 0}, progress=False)
+
+
+def test_the_grid_has_one_row_per_run_with_flags(grid_results):
+    assert len(grid_results) == 2 * 2 * (1 + 2)
+    assert grid_results["warmup"].sum() == 4 and grid_results["cold"].sum() == 4
+    cut = grid_results[grid_results["done_reason"] == "length"]
+    assert (cut["eval_count"] == cut["num_predict"]).all()
+    long, short = (grid_results[grid_results["prompt"] == p]["prompt_eval_count"].max() for p in ("long", "short"))
+    assert long > short
+    cold = grid_results[grid_results["cold"]]
+    warm = grid_results[~grid_results["cold"] & ~grid_results["warmup"]]
+    assert cold["load_s"].median() > warm["load_s"].median()  # a cold start pays for loading the model
+
+
+def test_summary_leaves_warmups_out(grid_results):
+    table = summary(grid_results, by=["prompt", "num_predict"])
+    assert (table[("runs", "")] == 2).all()
+    assert ("median", "tokens_per_s") in table.columns and ("iqr", "wall_s") in table.columns
+
+
+def test_csv_round_trip(grid_results, tmp_path):
+    save_csv(grid_results, tmp_path / "runs.csv")
+    again = load_csv(tmp_path / "runs.csv")
+    pd.testing.assert_frame_equal(again, grid_results, check_dtype=False)
+
+
+def test_plots_are_labelled():
+    table = pd.DataFrame([to_row({"prompt_eval_count": n, "prompt_eval_duration": n * 10_000_000, "eval_count": 1,
+                                  "eval_duration": 1}) for n in (10, 20, 40)])
+    ax, (slope, _) = scatter_with_fit(table, "prompt_eval_count", "prompt_eval_s", xlabel="prompt tokens",
+                                      ylabel="prompt evaluation (s)", title="Prompt time grows with its length")
+    assert slope == pytest.approx(0.01)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("prompt tokens", "prompt evaluation (s)")
+    ax = box_by(table, "eval_count", "prompt_eval_s", xlabel="answer tokens", ylabel="s", title="t")
+    assert ax.get_title() == "t"
+    assert fit_line(pd.Series([0, 1, 2]), pd.Series([1, 3, 5])) == pytest.approx((2.0, 1.0))
