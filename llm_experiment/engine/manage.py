@@ -12,7 +12,6 @@ from starlette.responses import Response, StreamingResponse
 
 from .models import Model, normalize_name
 from .options import OptionError, parse_options
-from .store import StoreError
 from .wire import APIError, JSONResponse, ndjson_line
 
 if TYPE_CHECKING:
@@ -77,15 +76,12 @@ async def create(engine: Engine, request: Request) -> Response:
     license = body.get("license")
     licenses = [license] if isinstance(license, str) else list(license or [])
     messages = [{"role": m.get("role", ""), "content": m.get("content", "")} for m in body.get("messages") or []]
-    try:
-        statuses = await asyncio.to_thread(
-            store.write_manifest, name, weights, details,
-            system=body["system"] if body.get("system") is not None else (base.system if base else ""),
-            template=template, parameters=parameters,
-            messages=messages or (base.messages if base else []),
-            license=(base.license if base else []) + licenses)
-    except StoreError as exc:
-        raise APIError(exc.status, str(exc)) from None
+    statuses = await asyncio.to_thread(
+        store.write_manifest, name, weights, details,
+        system=body["system"] if body.get("system") is not None else (base.system if base else ""),
+        template=template, parameters=parameters,
+        messages=messages or (base.messages if base else []),
+        license=(base.license if base else []) + licenses)
     lines += [{"status": s} for s in statuses] + [{"status": "success"}]
     return _status_stream(lines, stream)
 
@@ -104,10 +100,7 @@ def _weights_from_files(engine: Engine, files: Any) -> tuple[dict[str, Any], dic
     if len(ggufs) != 1:
         raise APIError(400, "unknown type" if not ggufs else "the embedded engine takes exactly one .gguf file")
     _, digest = ggufs[0]
-    try:
-        path = engine.store.blob_path(digest)
-    except StoreError as exc:
-        raise APIError(exc.status, str(exc)) from None
+    path = engine.store.blob_path(digest)
     if not path.is_file():
         raise APIError(400, f"blob {digest} not found: upload it first (POST /api/blobs/{digest})")
     with open(path, "rb") as f:
@@ -123,10 +116,7 @@ async def copy(engine: Engine, request: Request) -> Response:
     source, destination = body.get("source") or "", body.get("destination") or ""
     if engine.store.get(source) is None:
         raise APIError(404, f'model "{source}" not found')
-    try:
-        await asyncio.to_thread(engine.store.copy, source, destination)
-    except StoreError as exc:
-        raise APIError(exc.status, str(exc)) from None
+    await asyncio.to_thread(engine.store.copy, source, destination)
     return Response(status_code=200)
 
 
@@ -139,10 +129,7 @@ async def delete(engine: Engine, request: Request) -> Response:
     if model.bundled:
         raise APIError(400, f"{model.name} comes with the embedded engine and cannot be deleted")
     engine.scheduler.unload(model)
-    try:
-        await asyncio.to_thread(engine.store.delete, name)
-    except StoreError as exc:
-        raise APIError(exc.status, str(exc)) from None
+    await asyncio.to_thread(engine.store.delete, name)
     return Response(status_code=200)
 
 
@@ -187,15 +174,11 @@ async def _pull_progress(engine: Engine) -> AsyncIterator[bytes]:
 async def blob(engine: Engine, request: Request) -> Response:
     """``HEAD /api/blobs/sha256:...`` (is it there?) and ``POST`` (upload it)."""
     digest = request.path_params["digest"]
-    try:
-        path = engine.store.blob_path(digest)
-        if request.method == "HEAD":
-            return Response(status_code=200 if path.is_file() else 404)
-        chunks: list[bytes] = []
+    path = engine.store.blob_path(digest)
+    if request.method == "HEAD":
+        return Response(status_code=200 if path.is_file() else 404)
+    with engine.store.receiving(digest) as write:
         async for chunk in request.stream():
-            chunks.append(chunk)
-        await asyncio.to_thread(engine.store.receive_blob, digest, iter(chunks))
-    except StoreError as exc:
-        raise APIError(exc.status, str(exc)) from None
+            write(chunk)
     return Response(status_code=201)
 

@@ -19,22 +19,20 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from .models import Model, bundled_model, display_name, normalize_name, sha256_file
+from .wire import APIError
 
 MEDIA = "application/vnd.ollama.image."
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 
 
-class StoreError(Exception):
-    """A store operation failed; ``status`` is the HTTP status Ollama would answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+class StoreError(APIError):
+    """A store operation failed; answered with the HTTP status and message Ollama would give."""
 
 
 class Store:
@@ -151,19 +149,27 @@ class Store:
             self._write_atomically(path, lambda f: f.write(data))
         return {"digest": digest, "size": len(data)}
 
-    def receive_blob(self, digest: str, chunks: Iterator[bytes]) -> None:
-        """Write an uploaded blob, refusing it unless its content matches ``digest``."""
+    @contextmanager
+    def receiving(self, digest: str) -> Iterator[Callable[[bytes], None]]:
+        """Receive an uploaded blob piece by piece (``write(chunk)``); on exit keep it only if its
+        content matches ``digest``. Nothing is held in memory, and a broken upload leaves nothing."""
         path = self.blob_path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         sha = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as f:
 
-        def write(f: IO[bytes]) -> None:
-            for chunk in chunks:
-                sha.update(chunk)
-                f.write(chunk)
+                def write(chunk: bytes) -> None:
+                    sha.update(chunk)
+                    f.write(chunk)
+
+                yield write
             if "sha256:" + sha.hexdigest() != digest:
                 raise StoreError(400, f"digest mismatch, expected {digest!r}, got 'sha256:{sha.hexdigest()}'")
-
-        self._write_atomically(path, write)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def install_weights(self, source: Path) -> dict[str, Any]:
         """Copy a weights file into the blobs (pulling the bundled model does this)."""
