@@ -179,7 +179,7 @@ def parse(text: str) -> Modelfile:
                 mf.template = value
             case "system":
                 mf.system = value
-            case "adapter":
+            case "adapter":  # all kept here; Ollama's client sends only the last one
                 mf.adapters.append(value)
             case "license":
                 mf.license.append(value)
@@ -188,7 +188,7 @@ def parse(text: str) -> Modelfile:
             case _:  # parameter
                 name = instruction.name
                 converted = _parameter(name, value, instruction.line)
-                if OPTION_TYPES[name] == "[]string":
+                if OPTION_TYPES[name] == "[]string":  # each stop line adds one; other parameters: the last wins
                     mf.parameters.setdefault(name, []).append(converted)
                 else:
                     mf.parameters[name] = converted
