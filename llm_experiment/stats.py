@@ -109,13 +109,16 @@ def unload(model: str | None = None, server: str | None = None) -> None:
 
 def run_grid(prompts: Mapping[str, str], *, grid: Mapping[str, Iterable[Any]] | None = None, repeats: int = 3,
              warmup: int = 1, cold: bool = False, model: str | None = None, server: str | None = None,
-             base_options: Mapping[str, Any] | None = None, progress: bool = True) -> pd.DataFrame:
+             base_options: Mapping[str, Any] | None = None, fresh_prompts: bool = False,
+             progress: bool = True) -> pd.DataFrame:
     """Measure every combination of ``prompts`` (label -> text) and ``grid`` options, ``repeats`` times.
 
     ``grid`` maps option names (``num_predict``, ``temperature``, ...) to the values to try. Before
     each combination, ``warmup`` runs load the model and fill caches; they are kept in the table with
     ``warmup=True`` so you can see them, and left out by :func:`summary`. With ``cold=True`` the model is
     unloaded before the first measured run of each combination, which is then marked ``cold=True``.
+    Servers reuse the start of the previous prompt (its evaluation is cached); ``fresh_prompts=True``
+    begins every prompt with its own run number, so each run evaluates its whole prompt.
     """
     grid = {name: list(values) for name, values in (grid or {}).items()}
     combos = list(itertools.product(prompts.items(), *grid.values()))
@@ -126,7 +129,8 @@ def run_grid(prompts: Mapping[str, str], *, grid: Mapping[str, Iterable[Any]] | 
             is_cold = cold and run == 0
             if is_cold:
                 unload(model, server)
-            row = measure(prompt, model=model, options=options, server=server)
+            text = f"[{len(rows)}] {prompt}" if fresh_prompts else prompt
+            row = measure(text, model=model, options=options, server=server)
             rows.append({"prompt": label, **options, "run": run, "warmup": run < 0, "cold": is_cold, **row})
         if progress:
             print(f"\r{number}/{len(combos)} combinations measured", end="", flush=True)
