@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {k: v for k, v in (("temperature", args.temperature), ("seed", args.seed)) if v is not None}
 
     engine = None
+    printed = False  # whether part of an answer is on the screen (an error then starts on a new line)
     try:
         server, engine = ensure_server(args.server)
         result = generate(prompt, model=args.model, system=args.system, options=options or None,
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(result, Stream):
             for piece in result:
                 print(piece, end="", flush=True)
+                printed = True
             print()
             reply = result.reply
         else:
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_summary(reply.stats), file=sys.stderr)
         return 0
     except OllamaError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+        print(f"{chr(10) if printed else ''}error: {exc}", file=sys.stderr)
         return 1
     except RuntimeError as exc:  # the embedded engine could not start
         print(f"error: {exc}", file=sys.stderr)
