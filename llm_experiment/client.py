@@ -51,6 +51,12 @@ class Stream:
         """Stop reading: the server sees the connection close and stops generating."""
         self._objects.close()  # type: ignore[attr-defined]
 
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # leaving a `with` block early (break, an exception) hangs up at once
+
 
 def _text_of(obj: dict[str, Any], key: str) -> str:
     if key == "message":

@@ -109,3 +109,11 @@ def test_a_503_is_reported_with_advice():
     with pytest.raises(OllamaError) as err:
         generate("hi", server=url)
     assert err.value.status == 503 and "busy" in err.value.message and "try again" in err.value.advice
+
+
+def test_a_stream_used_with_with_hangs_up_when_the_block_ends(url):
+    with generate("Tell me a long story.", server=url, options={**GREEDY, "num_predict": 50}, stream=True) as s:
+        first = next(iter(s))
+    assert first and s.reply is None
+    with pytest.raises(StopIteration):
+        next(iter(s))  # closed: nothing more comes

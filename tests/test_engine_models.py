@@ -105,8 +105,6 @@ MANAGEMENT_ERRORS = [
      'option "num_predict" must be of type integer'),
     ("/api/copy", "POST", {"source": "no-such-model", "destination": "y"}, 404, 'model "no-such-model" not found'),
     ("/api/delete", "DELETE", {"model": "no-such-model"}, 404, "model 'no-such-model' not found"),
-    ("/api/delete", "DELETE", {"model": MODEL}, 400,
-     "smollm2:135m comes with the embedded engine and cannot be deleted"),
 ]
 
 
@@ -115,6 +113,15 @@ MANAGEMENT_ERRORS = [
 def test_management_errors(url, path, method, body, status, message):
     r = post(url, path, body, method)
     assert (r.status_code, r.json()) == (status, {"error": message})
+
+
+def test_the_bundled_model_stays_when_its_pulled_copy_is_deleted(url):
+    assert post(url, "/api/pull", {"model": MODEL, "stream": False}).json() == {"status": "success"}
+    assert post(url, "/api/delete", {"model": MODEL}, "DELETE").status_code == 200  # the copy in the store
+    refused = post(url, "/api/delete", {"model": MODEL}, "DELETE")
+    assert (refused.status_code, refused.json()) == (
+        400, {"error": "smollm2:135m comes with the embedded engine and cannot be deleted"})
+    assert MODEL in [m["name"] for m in requests.get(url + "/api/tags", timeout=10).json()["models"]]
 
 
 def test_the_official_client_manages_models(client):
