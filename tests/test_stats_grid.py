@@ -33,7 +33,7 @@ def test_the_grid_has_one_row_per_run_with_flags(grid_results):
     cut = grid_results[grid_results["done_reason"] == "length"]
     assert (cut["eval_count"] == cut["num_predict"]).all()
     long, short = (grid_results[grid_results["prompt"] == p]["prompt_eval_count"].min() for p in ("long", "short"))
-    assert long > short + 50  # fresh prompts: every run evaluates all of its prompt
+    assert long > short + 30  # fresh prompts: every run evaluates all of its prompt
     cold = grid_results[grid_results["cold"]]
     warm = grid_results[~grid_results["cold"] & ~grid_results["warmup"]]
     assert cold["load_s"].median() > warm["load_s"].median()  # a cold start pays for loading the model
