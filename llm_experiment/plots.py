@@ -22,7 +22,7 @@ def scatter_with_fit(results: pd.DataFrame, x: str, y: str, *, xlabel: str, ylab
     slope, intercept = fit_line(data[x], data[y])
     ax.scatter(data[x], data[y], alpha=0.6, label="runs")
     xs = np.linspace(data[x].min(), data[x].max(), 50)
-    ax.plot(xs, slope * xs + intercept, color="C1", label=f"fit: {slope:.3g} per unit + {intercept:.3g}")
+    ax.plot(xs, slope * xs + intercept, color="C1", label=f"fit: y = {slope:.3g} x {intercept:+.3g}")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend()
     ax.grid(alpha=0.3)
