@@ -88,7 +88,7 @@ class Engine:
     async def ps(self, request: Request) -> Response:
         rows = []
         for name, runner, expires_ns in self.scheduler.loaded():
-            m = runner.model
+            m = self.store.get(name) or runner.model  # as listed now (a pull may have copied it into the store)
             rows.append({"name": name, "model": name, "size": m.size, "digest": m.manifest_digest(),
                          "details": m.details, "expires_at": local_time(expires_ns), "size_vram": 0,
                          "context_length": runner.num_ctx})
