@@ -99,10 +99,11 @@ class Engine:
         name = body.get("model") or body.get("name") or ""
         if not name.strip():
             raise APIError(400, "model is required")
-        model = self.store.get(name) if normalize_name(name) else None
+        if normalize_name(name) is None:
+            raise APIError(400, "invalid model name")
+        model = self.store.get(name)
         if model is None:
-            raise APIError(404 if normalize_name(name) else 400,
-                           f"model '{name}' not found" if normalize_name(name) else "invalid model name")
+            raise APIError(404, f"model '{name}' not found")
         template = model.template or CHATML_TEMPLATE
         answer: dict[str, Any] = {
             "license": "\n".join(model.license),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ from starlette.responses import Response, StreamingResponse
 
 from .models import Model, normalize_name
 from .options import OptionError, parse_options
+from .store import StoreError
 from .wire import APIError, JSONResponse, ndjson_line
 
 if TYPE_CHECKING:
@@ -151,22 +151,24 @@ async def pull(engine: Engine, request: Request) -> Response:
 
 
 async def _pull_progress(engine: Engine) -> AsyncIterator[bytes]:
-    """Ollama's pull statuses, for real: the weights are copied and hashed block by block as we report."""
+    """Ollama's pull statuses, for real: the weights are copied into the store block by block as we
+    report, and the copy is kept only if its sha256 matches."""
     yield ndjson_line({"status": "pulling manifest"})
     source = engine.store.bundled_path()
     digest = "sha256:" + await asyncio.to_thread(engine.store.bundled_digest)
-    total, done, sha = source.stat().st_size, 0, hashlib.sha256()
-    with open(source, "rb") as f:
-        while block := await asyncio.to_thread(f.read, 8 << 20):
-            sha.update(block)
-            done += len(block)
-            yield ndjson_line({"status": f"pulling {digest[7:19]}", "digest": digest, "total": total,
-                               "completed": done})
-    yield ndjson_line({"status": "verifying sha256 digest"})
-    if "sha256:" + sha.hexdigest() != digest:
+    total, done = source.stat().st_size, 0
+    try:
+        with engine.store.receiving(digest) as write, open(source, "rb") as f:
+            while block := await asyncio.to_thread(f.read, 8 << 20):
+                await asyncio.to_thread(write, block)
+                done += len(block)
+                yield ndjson_line({"status": f"pulling {digest[7:19]}", "digest": digest, "total": total,
+                                   "completed": done})
+            yield ndjson_line({"status": "verifying sha256 digest"})  # done as the block closes
+    except StoreError:
         yield ndjson_line({"error": f"digest mismatch, file must be downloaded again: {source}"})
         return
-    await asyncio.to_thread(engine.store.install_bundled)
+    await asyncio.to_thread(engine.store.install_bundled)  # the weights are in place: this writes the manifest
     for status in ("writing manifest", "success"):
         yield ndjson_line({"status": status})
 
