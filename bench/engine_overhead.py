@@ -23,7 +23,9 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llm_experiment.embedded import EmbeddedServer  # noqa: E402
-from llm_experiment.engine.loader import load_llama  # noqa: E402
+
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # as the engine sets it for its runner processes
+from llm_experiment.engine.llama import load_llama  # noqa: E402
 from llm_experiment.engine.models import bundled_gguf  # noqa: E402
 
 # Counting runs on for as long as we ask (greedy), one token per number piece.

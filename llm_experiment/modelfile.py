@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 
-from llm_experiment.engine.options import OPTION_TYPES
+from llm_experiment.protocol import OPTION_TYPES
 
 __all__ = ["Modelfile", "ModelfileError", "parse", "render", "to_create_request"]
 

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from llm_experiment.engine.gotemplate import TemplateError, parse, render_conversation
+from llm_experiment.engine import gotemplate
+from llm_experiment.engine.gotemplate import (
+    MAX_DEPTH,
+    MAX_OUTPUT_CHARS,
+    MAX_STEPS,
+    MAX_TEMPLATE_BYTES,
+    Budget,
+    TemplateError,
+    parse,
+    render_conversation,
+)
 from llm_experiment.engine.prompt import CHATML_TEMPLATE, render_chatml
 
 
@@ -345,3 +357,161 @@ def test_a_response_before_an_else_fails_as_in_ollama():
     template = "{{ .Prompt }}{{ if .Response }}{{ .Response }}{{ else }}...{{ end }}"
     with pytest.raises(TemplateError, match="Response"):
         render_conversation(template, "", USER)
+
+
+# ------------------------------------------------------------------------- limits (any client may send a template)
+LLAMA3 = """{{- if .System }}<|start_header_id|>system<|end_header_id|>
+
+{{ .System }}<|eot_id|>
+{{- end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>
+
+{{ .Content }}<|eot_id|>{{ if $last }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ end }}
+{{- else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ .Content }}{{ if not $last }}<|eot_id|>{{ end }}
+{{- end }}
+{{- end }}"""  # the shape of ollama.com's llama3.1 template, without its tools part
+LEGACY_CHATML = ("{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+                 "{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}"
+                 "<|im_start|>assistant\n{{ .Response }}<|im_end|>\n")
+CHAT_48 = [msg("user" if i % 2 == 0 else "assistant", f"message {i}") for i in range(48)]
+
+
+def nested_ranges(body: str, depth: int = 4) -> str:
+    return "{{ range $.Messages }}" * depth + body + "{{ end }}" * depth
+
+
+class CountingStr(str):
+    """A template that adds up how many characters its find() and count() calls look through."""
+
+    scanned = 0
+
+    def find(self, sub: str, start: int = 0, end: int | None = None) -> int:  # type: ignore[override]
+        found = super().find(sub, start, len(self) if end is None else end)
+        CountingStr.scanned += (len(self) if found < 0 else found + len(sub)) - start
+        return found
+
+    def count(self, sub: str, start: int = 0, end: int | None = None) -> int:  # type: ignore[override]
+        CountingStr.scanned += (len(self) if end is None else end) - start
+        return super().count(sub, start, len(self) if end is None else end)
+
+
+def test_a_template_past_the_size_limit_is_refused():
+    assert parse("x" * MAX_TEMPLATE_BYTES).execute({}) == "x" * MAX_TEMPLATE_BYTES
+    for template in ["x" * (MAX_TEMPLATE_BYTES + 1), "é" * (MAX_TEMPLATE_BYTES // 2 + 1), "{{ .X }}" * 10**6]:
+        with pytest.raises(TemplateError, match="too large") as error:
+            parse(template)
+        assert f"the limit is {MAX_TEMPLATE_BYTES:,} bytes" in str(error.value)
+
+
+@pytest.mark.parametrize("template", [None, 3, ["{{ .X }}"]])
+def test_a_template_that_is_not_a_string_is_refused(template: object):
+    with pytest.raises(TemplateError, match="string"):
+        parse(template)  # type: ignore[arg-type]
+
+
+def test_the_lexer_reads_each_character_a_bounded_number_of_times(monkeypatch: pytest.MonkeyPatch):
+    """Counting the lines from the start for each action made parsing quadratic (1.3 MB: 23 s)."""
+    monkeypatch.setattr(gotemplate, "MAX_TEMPLATE_BYTES", 1 << 22)
+    source = CountingStr("{{ .System }}x\n" * 70_000 + "{{ if")  # about 1 MB; the error needs the line number
+    CountingStr.scanned = 0
+    with pytest.raises(TemplateError, match="line 70001"):
+        parse(source)
+    assert CountingStr.scanned < 3 * len(source)
+
+
+@pytest.mark.timeout(20)  # a sanity bound only: each takes well under a second; quadratic parsing took minutes
+@pytest.mark.parametrize("template", [
+    "{{ .System }}x\n" * 70_000,
+    "a {{- .X -}} b\n" * 70_000,
+    "{{ if .X }}y{{ else }}z{{ end }}" * 35_000,
+    "".join(f"{{{{ $v{i} := 1 }}}}" for i in range(30_000)) + "{{ $v0 }}" * 30_000,  # many variables in scope
+    "{{ and" + " 1" * 500_000 + " }}",
+    "{{" + " " * 1_000_000 + ".X }}",
+    "x" * 1_000_000, "{{/* note */}}" * 70_000,
+])
+def test_parsing_a_megabyte_is_linear(template: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(gotemplate, "MAX_TEMPLATE_BYTES", 1 << 22)
+    assert parse(template).source == template
+
+
+@pytest.mark.parametrize("nest", [
+    lambda n: "{{ if 1 }}" * n + "{{ end }}" * n,
+    lambda n: "{{ range $.L }}" * n + "{{ end }}" * n,
+    lambda n: "{{ len " + "(" * n + "slice .L" + ")" * n + " }}",
+    lambda n: "{{ if 0 }}" + "{{ else if 0 }}" * (n - 1) + "{{ else }}ok{{ end }}",
+], ids=["if", "range", "parentheses", "else if"])
+def test_nesting_up_to_the_limit_is_fine_and_one_more_is_refused(nest: Callable[[int], str]):
+    parse(nest(MAX_DEPTH)).execute({"L": [1]})  # and no RecursionError
+    with pytest.raises(TemplateError, match=f"nested too deeply \\(more than {MAX_DEPTH} levels"):
+        parse(nest(MAX_DEPTH + 1))
+
+
+@pytest.mark.timeout(20)  # a sanity bound only: the budget stops it within a second
+def test_a_nested_range_bomb_runs_out_of_steps():
+    """48 ** 4 = 5.3 million turns used to run for 16 s; the budget stops it at MAX_STEPS."""
+    budget = Budget()
+    with pytest.raises(TemplateError, match=f"too much work: more than {MAX_STEPS:,} steps"):
+        render_conversation(nested_ranges("{{ if eq .Role \"user\" }}{{ end }}"), "", CHAT_48, budget=budget)
+    assert budget.steps == MAX_STEPS + 1
+
+
+@pytest.mark.parametrize("body", [
+    "{{ continue }}", "{{ $x := (not (not (not .Content))) }}", "{{ $x := slice $.Messages 0 }}",
+    "{{ $x := $.Messages }}", "{{ range . }}{{ end }}",
+])
+def test_every_kind_of_work_is_paid_for(body: str):
+    with pytest.raises(TemplateError, match="too much work"):
+        render_conversation(nested_ranges(body), "", CHAT_48, budget=Budget(max_steps=100_000))
+
+
+@pytest.mark.parametrize(("template", "values", "least"), [
+    ("{{ slice .L 1 }}", {"L": list(range(256 * 100))}, 100),  # copying a list
+    ("{{ len .S }}", {"S": "é" * 256 * 100}, 100),  # a string is measured in bytes: it is encoded
+    ("{{ eq .S .S }}", {"S": "x" * 256 * 100}, 100),
+    ("{{ .L }}", {"L": list(range(1000))}, 1000),  # printing a list prints each item
+])
+def test_big_values_cost_steps_in_proportion(template: str, values: dict[str, object], least: int):
+    budget = Budget()
+    parse(template).execute(values, budget=budget)
+    assert budget.steps >= least
+
+
+@pytest.mark.timeout(20)
+def test_an_output_bomb_runs_out_of_output():
+    budget = Budget()
+    with pytest.raises(TemplateError, match=f"too much work: its output passes {MAX_OUTPUT_CHARS:,} characters"):
+        render_conversation(nested_ranges("{{ $.System }}", 2), "S" * 100_000, CHAT_48, budget=budget)
+    assert budget.output <= MAX_OUTPUT_CHARS + 100_000  # it stopped at the first write past the limit
+
+
+def test_a_budget_can_be_smaller_and_is_shared_by_the_turns_of_a_legacy_template():
+    with pytest.raises(TemplateError, match="more than 10 steps"):
+        parse("{{ range .L }}{{ . }}{{ end }}").execute({"L": list(range(10))}, budget=Budget(max_steps=10))
+    with pytest.raises(TemplateError, match="output passes 5 characters"):
+        parse("{{ .S }}").execute({"S": "123456"}, budget=Budget(max_output=5))
+    turns = [msg("user" if i % 2 == 0 else "assistant", "x") for i in range(100)]  # 50 executions
+    assert render_conversation(LEGACY_CHATML, "", turns, budget=Budget(max_steps=2000))
+    with pytest.raises(TemplateError, match="too much work"):
+        render_conversation(LEGACY_CHATML, "", turns, budget=Budget(max_steps=500))  # each turn alone fits
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("template", [CHATML, SMOLLM2, LLAMA3, LEGACY_CHATML, MISTRAL_TEMPLATES[2]])
+def test_a_long_conversation_renders_well_within_the_budget(template: str):
+    messages = [msg("user" if i % 2 == 0 else "assistant", f"Message number {i}. " * 20) for i in range(2000)]
+    budget = Budget()
+    prompt = render_conversation(template, "Be brief.", messages, budget=budget)
+    assert "Message number 0. " in prompt and "Message number 1999. " in prompt
+    assert budget.steps < MAX_STEPS // 10 and budget.output < MAX_OUTPUT_CHARS // 10
+
+
+@pytest.mark.timeout(20)
+def test_many_neighbours_of_one_role_are_merged_in_linear_time():
+    prompt = render_conversation(CHATML, "", [msg("user", "x" * 1000)] * 20_000)  # 20 MB: merging was quadratic
+    assert prompt.count("\n\n") == 19_999

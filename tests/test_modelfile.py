@@ -14,8 +14,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from llm_experiment.engine.options import OPTION_TYPES
 from llm_experiment.modelfile import Modelfile, ModelfileError, parse, render, to_create_request
+from llm_experiment.protocol import OPTION_TYPES
 
 BAD_INSTRUCTION = (
     'command must be one of "from", "license", "template", "system", "adapter", "parameter", or "message"'

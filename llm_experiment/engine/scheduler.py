@@ -1,7 +1,10 @@
 """Who runs when: loading and unloading models, the queue and its bound, keep_alive timers.
 
 One generation at a time per loaded model; other requests wait their turn in arrival order.
-When more than ``max_queue`` requests are waiting, new ones get 503 as from Ollama.
+When more than ``max_queue`` requests are waiting, new ones get 503 as from Ollama. At most
+``max_loaded`` models stay loaded (``OLLAMA_MAX_LOADED_MODELS``): loading one more unloads the
+least recently used idle model first, or waits until one is idle. Each loaded model is a
+:class:`~.runner.Runner` process; a dead runner is replaced on the next request.
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from .models import Model
 from .options import DEFAULT_KEEP_ALIVE
-from .runner import Runner
+from .runner import Runner, RunnerLimits, RunnerProcess, watch
 from .wire import APIError
 
 log = logging.getLogger("llm_experiment.engine")
@@ -36,27 +39,61 @@ class Slot:
     expires_at_ns: int = 0
     timer: asyncio.TimerHandle | None = None
     users: int = 0
+    last_used: float = 0.0
+    loading: RunnerProcess | None = None  # the process loading this model right now
 
 
 class Scheduler:
     def __init__(self, max_queue: int = 512, keep_alive: float = DEFAULT_KEEP_ALIVE, num_ctx: int = 4096,
-                 threads: int | None = None):
+                 threads: int | None = None, max_loaded: int = 3, limits: RunnerLimits | None = None):
         self.max_queue = max_queue
         self.default_keep_alive = keep_alive
         self.default_num_ctx = num_ctx
         self.threads = threads
+        self.max_loaded = max(1, max_loaded)
+        self.limits = limits or RunnerLimits()
         self._slots: dict[str, Slot] = {}
         self._waiting = 0
+        self._idle = asyncio.Event()  # set whenever a model becomes idle
+        self._spare: RunnerProcess | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     def _slot(self, model: Model) -> Slot:
         return self._slots.setdefault(model.name, Slot())
 
-    @asynccontextmanager
-    async def use(self, model: Model, keep_alive: float | None, num_ctx: int | None) -> AsyncIterator[Runner]:
-        """Wait for the model, loading it if needed; yield its :class:`Runner`.
+    # processes ------------------------------------------------------------------------------------
 
-        Raises :class:`APIError` 503 when too many requests are already waiting.
+    def prepare(self) -> None:
+        """Start a spare runner process now, so the first load does not wait for Python and llama.cpp."""
+        if self._spare is None or not self._spare.alive:
+            self._spare = RunnerProcess(self.threads, self.limits)
+
+    def _take_process(self) -> RunnerProcess:
+        process = self._spare if self._spare is not None and self._spare.alive else None
+        self._spare = None
+        if process is None:
+            process = RunnerProcess(self.threads, self.limits)
+        return process
+
+    def _processes(self) -> Iterator[RunnerProcess]:
+        """Every runner process the watchdog must watch: loaded ones and those still loading."""
+        for slot in list(self._slots.values()):
+            if slot.runner is not None:
+                yield slot.runner.process
+            if slot.loading is not None:
+                yield slot.loading
+
+    # using a model --------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def use(self, model: Model, keep_alive: float | None, num_ctx: int) -> AsyncIterator[Runner]:
+        """Wait for ``model``, loading it with a context of ``num_ctx`` tokens if needed; yield its runner.
+
+        Raises :class:`APIError` 503 when too many requests are already waiting, 500 when the
+        model cannot be loaded.
         """
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(watch(self._processes))
         slot = self._slot(model)
         if slot.lock.locked() and self._waiting >= self.max_queue:
             raise APIError(503, QUEUE_FULL)
@@ -70,20 +107,46 @@ class Scheduler:
             if slot.timer:
                 slot.timer.cancel()
                 slot.timer = None
-            wanted_ctx = num_ctx or self.default_num_ctx
-            if slot.runner is None or slot.runner.num_ctx != wanted_ctx or slot.runner.model.path != model.path:
-                if slot.runner is not None:
-                    slot.runner.close()  # Ollama reloads a model when num_ctx changes
+            runner = slot.runner
+            if runner is None or not runner.alive or runner.num_ctx != num_ctx or runner.model.path != model.path:
+                if runner is not None:
                     slot.runner = None
-                slot.runner = await asyncio.to_thread(Runner, model, wanted_ctx, self.threads)
-                log.info("loaded %s (num_ctx %d) in %.2f s", model.name, wanted_ctx, slot.runner.load_duration / 1e9)
+                    await asyncio.to_thread(runner.close)  # Ollama reloads a model when num_ctx changes
+                await self._make_room(slot)
+                slot.loading = self._take_process()
+                try:
+                    slot.runner = await Runner.start(slot.loading, model, num_ctx)
+                finally:
+                    slot.loading = None
+                self.prepare()  # the next load gets a ready process
+                log.info("loaded %s (num_ctx %d) in %.2f s", model.name, num_ctx, slot.runner.load_duration / 1e9)
             slot.keep_alive = self.default_keep_alive if keep_alive is None else keep_alive
             slot.expires_at_ns = self._expiry(slot.keep_alive)
+            slot.last_used = time.monotonic()
             yield slot.runner
         finally:
             slot.users -= 1
+            slot.last_used = time.monotonic()
             slot.lock.release()
             self._arm_timer(model.name, slot)
+            self._idle.set()
+
+    async def _make_room(self, wanted: Slot) -> None:
+        """Unload the least recently used idle model while ``max_loaded`` are loaded; wait if all are busy."""
+        while True:
+            loaded = [(name, s) for name, s in self._slots.items() if s.runner is not None and s is not wanted]
+            loading = sum(1 for s in self._slots.values() if s.loading is not None and s is not wanted)
+            if len(loaded) + loading < self.max_loaded:
+                return
+            idle = [(s.runner.alive, s.last_used, name, s) for name, s in loaded  # type: ignore[union-attr]
+                    if not s.users and not s.lock.locked()]
+            if idle:
+                *_, name, slot = min(idle, key=lambda row: row[:2])  # dead runners first, then the oldest
+                log.info("unloading %s to make room (OLLAMA_MAX_LOADED_MODELS=%d)", name, self.max_loaded)
+                self._unload(name, slot)
+                continue
+            self._idle.clear()
+            await self._idle.wait()
 
     def _expiry(self, seconds: float) -> int:
         if math.isinf(seconds):
@@ -106,9 +169,12 @@ class Scheduler:
             self._unload(name, slot)
 
     def _unload(self, name: str, slot: Slot) -> None:
+        if slot.timer:
+            slot.timer.cancel()
+            slot.timer = None
         if slot.runner is not None:
-            slot.runner.close()
-            slot.runner = None
+            runner, slot.runner = slot.runner, None
+            asyncio.get_running_loop().run_in_executor(None, runner.close)  # the process exits in the background
             log.info("unloaded %s", name)
 
     def unload(self, model: Model) -> None:
@@ -118,18 +184,26 @@ class Scheduler:
             return
         slot.keep_alive = 0
         if not slot.users and not slot.lock.locked():
-            if slot.timer:
-                slot.timer.cancel()
-                slot.timer = None
             self._unload(model.name, slot)
 
     def loaded(self) -> list[tuple[str, Runner, int]]:
         """``(model name, runner, expires_at_ns)`` for every loaded model, latest expiry first."""
-        rows = [(name, s.runner, s.expires_at_ns) for name, s in self._slots.items() if s.runner is not None]
+        rows = [(name, s.runner, s.expires_at_ns) for name, s in self._slots.items()
+                if s.runner is not None and s.runner.alive]
         return sorted(rows, key=lambda r: r[2], reverse=True)
 
     def close(self) -> None:
-        for name, slot in self._slots.items():
+        """Stop every runner process (at shutdown)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for slot in self._slots.values():
             if slot.timer:
                 slot.timer.cancel()
-            self._unload(name, slot)
+            if slot.runner is not None:
+                slot.runner.close()
+                slot.runner = None
+            if slot.loading is not None:
+                slot.loading.kill("the engine is stopping")
+        if self._spare is not None:
+            self._spare.stop()
+            self._spare = None

@@ -7,17 +7,23 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
 
 from ..hosts import listen_address
-from .app import DEFAULT_MAX_BODY, Engine, create_app
+from .app import create_app
+from .connections import hardened_config, raise_fd_limit
 from .models import BUNDLED_NAME, bundled_gguf, models_dir
 from .options import DEFAULT_KEEP_ALIVE, DurationError, parse_keep_alive
+from .origins import allowed_origins
+from .runner import RunnerLimits
 from .scheduler import Scheduler
+from .state import DEFAULT_MAX_BODY, Engine
 from .store import Store
+
+log = logging.getLogger("llm_experiment.engine")
 
 DEFAULT_NUM_CTX = 4096
 
@@ -34,6 +40,9 @@ class Settings:
     num_ctx: int = DEFAULT_NUM_CTX
     threads: int | None = None
     max_body: int = DEFAULT_MAX_BODY
+    max_loaded: int = 3  # OLLAMA_MAX_LOADED_MODELS: Ollama's default on a CPU
+    origins: list[str] = field(default_factory=list)  # OLLAMA_ORIGINS, on top of Ollama's defaults
+    runner_memory: int = RunnerLimits.memory  # LLM_EXPERIMENT_RUNNER_MEMORY (MiB): each runner's heap cap
     log_level: str = "info"
 
     @classmethod
@@ -41,13 +50,17 @@ class Settings:
         host, port = listen_address(os.environ.get("OLLAMA_HOST"))
         keep_alive = DEFAULT_KEEP_ALIVE
         try:
-            keep_alive = parse_keep_alive(os.environ.get("OLLAMA_KEEP_ALIVE"), env=True) or DEFAULT_KEEP_ALIVE
+            parsed = parse_keep_alive(os.environ.get("OLLAMA_KEEP_ALIVE"), env=True)
+            keep_alive = DEFAULT_KEEP_ALIVE if parsed is None else parsed  # 0 means unload at once
         except DurationError:
             pass  # Ollama ignores a malformed value too
         return cls(
             host=host, port=port, models=str(models_dir()),
             max_queue=_int_env("OLLAMA_MAX_QUEUE", 512), keep_alive=keep_alive,
             num_ctx=_int_env("OLLAMA_CONTEXT_LENGTH", DEFAULT_NUM_CTX),
+            max_loaded=_int_env("OLLAMA_MAX_LOADED_MODELS", 3),
+            origins=allowed_origins(os.environ.get("OLLAMA_ORIGINS")),
+            runner_memory=_int_env("LLM_EXPERIMENT_RUNNER_MEMORY", RunnerLimits.memory >> 20) << 20,
         )
 
 
@@ -57,8 +70,9 @@ def _int_env(name: str, default: int) -> int:
 
 
 def build_engine(settings: Settings) -> Engine:
-    scheduler = Scheduler(max_queue=settings.max_queue, keep_alive=settings.keep_alive,
-                          num_ctx=settings.num_ctx, threads=settings.threads)
+    scheduler = Scheduler(max_queue=settings.max_queue, keep_alive=settings.keep_alive, num_ctx=settings.num_ctx,
+                          threads=settings.threads, max_loaded=settings.max_loaded,
+                          limits=RunnerLimits(memory=settings.runner_memory))
     return Engine(Store(Path(settings.models)), scheduler, max_body=settings.max_body)
 
 
@@ -71,6 +85,12 @@ def serve(settings: Settings) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    engine = build_engine(settings)
+    try:
+        app = create_app(engine, listen_host=settings.host, origins=settings.origins)
+    except ValueError as exc:  # an OLLAMA_ORIGINS entry Ollama itself would refuse to start with
+        print(f"error: OLLAMA_ORIGINS: {exc}", file=sys.stderr)
+        return 2
     try:
         sock = socket.create_server((settings.host, settings.port), family=_family(settings.host), reuse_port=False)
     except OSError as exc:
@@ -78,13 +98,14 @@ def serve(settings: Settings) -> int:
               "  -> Is Ollama (or another engine) already running there? Stop it, or choose --port.",
               file=sys.stderr)
         return 1
+    engine.store.cleanup()  # leftovers of killed writes and unused blobs, as Ollama prunes at start-up
+    raise_fd_limit()
+    config = hardened_config(app, log_level=settings.log_level, timeout_graceful_shutdown=3,
+                             access_log=settings.log_level == "debug")
     port = sock.getsockname()[1]
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"llm-experiment engine: serving {BUNDLED_NAME} ({gguf.name}) on http://{shown}:{port}\n"
           f"  Ctrl-C to stop. Clients find it with OLLAMA_HOST=http://{shown}:{port}", file=sys.stderr, flush=True)
-    app = create_app(build_engine(settings))
-    config = uvicorn.Config(app, log_level=settings.log_level, timeout_graceful_shutdown=3,
-                            access_log=settings.log_level == "debug")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the handler
     # that was there before it: make that one a quiet "stop" so we can exit with 0.
     signal.signal(signal.SIGTERM, lambda *_: None)

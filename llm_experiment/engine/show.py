@@ -7,52 +7,35 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .loader import load_llama
+from .gguf_info import GGUFError, GGUFInfo, read_gguf
 from .models import Model
 
 # Ollama hides these from model_info: the name, and the chat template (shown as TEMPLATE instead).
 _HIDDEN = {"general.name", "tokenizer.chat_template"}
 
 
-@lru_cache(maxsize=8)
-def _gguf_metadata(path: Path) -> dict[str, Any]:
-    """The GGUF key/values, read without loading the weights (``vocab_only``)."""
-    llm = load_llama(path, vocab_only=True, verbose=False)
+@lru_cache(maxsize=16)
+def _gguf(path: Path, mtime_ns: int, arrays: bool) -> GGUFInfo:
+    return read_gguf(path, arrays=arrays)
+
+
+def gguf_of(model: Model, *, arrays: bool = False) -> GGUFInfo:
+    """The model's GGUF metadata, read safely in Python (no llama.cpp) and cached. Call it in a thread."""
+    return _gguf(model.path, model.path.stat().st_mtime_ns, arrays)
+
+
+def context_length(model: Model) -> int | None:
+    """The context the model was trained with (``<arch>.context_length``), or ``None`` if the file does not say."""
     try:
-        return {k: _typed(v) for k, v in llm.metadata.items() if k not in _HIDDEN}
-    finally:
-        llm.close()
+        return gguf_of(model).context_length
+    except (OSError, GGUFError):
+        return None
 
 
-def _typed(value: str) -> Any:
-    """llama.cpp hands every value over as text; give numbers back their type, as Ollama shows them."""
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(value, value)
-
-
-# general.file_type -> the quantization name Ollama shows (llama.cpp's llama_ftype).
-FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-              12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-              30: "IQ4_XS", 32: "BF16"}
-
-
-def gguf_details(path: Path) -> dict[str, Any]:
-    """``details`` for a GGUF file, from its metadata, as Ollama fills them in when it creates a model."""
-    info = _gguf_metadata(path)
-    family = str(info.get("general.architecture", ""))
-    size = str(info.get("general.size_label", ""))
-    return {"parent_model": "", "format": "gguf", "family": family, "families": [family] if family else None,
-            "parameter_size": size, "quantization_level": FILE_TYPES.get(info.get("general.file_type"), "unknown")}
-
-
-def model_info(model: Model) -> dict[str, Any]:
-    """The GGUF metadata, keys sorted as Go sorts a map. (llama.cpp does not hand over array values.)"""
-    info = _gguf_metadata(model.path)
-    return dict(sorted(info.items()))
+def model_info(model: Model, *, verbose: bool = False) -> dict[str, Any]:
+    """The GGUF metadata, keys sorted as Go sorts a map; tokenizer arrays only when ``verbose``."""
+    info = gguf_of(model, arrays=verbose).metadata
+    return dict(sorted((k, v) for k, v in info.items() if k not in _HIDDEN))
 
 
 def parameters_text(parameters: dict[str, Any]) -> str:

@@ -1,0 +1,229 @@
+"""Every call into llama.cpp (through llama-cpp-python) lives here, and runs only in a runner process.
+
+Native code can crash, abort or loop on hostile input (a malformed grammar, a bad token id, a
+broken GGUF). The server process never imports this module: :mod:`.runner_process` does, in a
+child process the server can kill and replace (see :mod:`.runner`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import llama_cpp.llama_cpp as llama_c
+
+from .options import Options
+from .textstream import TextStream
+
+log = logging.getLogger("llm_experiment.runner")
+
+#: Prompt tokens evaluated per ``llama_decode`` call; the runner reports progress after each chunk.
+PREFILL_CHUNK = 512
+
+_patch_lock = threading.Lock()
+
+
+@cache
+def cpu_has_amx() -> bool:
+    """Whether the CPU advertises Intel AMX (recent Xeons)."""
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def load_llama(path: str | Path, **kwargs: Any) -> llama_cpp.Llama:
+    """``llama_cpp.Llama(model_path=path, **kwargs)``, avoiding llama.cpp's AMX kernels.
+
+    With llama-cpp-python 0.3.36 on an AMX-capable Xeon, evaluating more than one token at once
+    crashes inside ``ggml_backend_amx_mul_mat`` (a segmentation fault, seen on the course's
+    machines). On such CPUs we turn off llama.cpp's "extra buffer types" (AMX and weight
+    repacking), which ``Llama()`` offers no argument for, so we adjust its default parameters
+    while it loads. Elsewhere nothing changes.
+    """
+    if not cpu_has_amx():
+        return llama_cpp.Llama(model_path=str(path), **kwargs)
+    with _patch_lock:
+        original = llama_c.llama_model_default_params
+
+        def without_extra_buffers() -> Any:
+            params = original()
+            params.use_extra_bufts = False
+            return params
+
+        llama_c.llama_model_default_params = without_extra_buffers
+        try:
+            return llama_cpp.Llama(model_path=str(path), **kwargs)
+        finally:
+            llama_c.llama_model_default_params = original
+
+
+def check_vocabulary(path: str) -> None:
+    """Load only the vocabulary of the GGUF at ``path`` and tokenize a little text; raise if llama.cpp refuses.
+
+    Run in a throwaway process (see :func:`.gguf_info.validate_in_subprocess`): a hostile file may
+    abort or crash llama.cpp here. ``verbose=True`` keeps llama.cpp's error messages on stderr for the
+    parent to report; a small context, because llama-cpp-python allocates n_batch x n_vocab floats
+    even for a vocabulary-only load.
+    """
+    llm = load_llama(path, vocab_only=True, verbose=True, n_ctx=8, n_batch=8)
+    try:
+        llm.detokenize(llm.tokenize(b"Hello, world! 123\n", add_bos=True, special=True))
+    finally:
+        llm.close()
+
+
+@cache
+def _json_grammar() -> llama_cpp.LlamaGrammar:
+    return llama_cpp.LlamaGrammar.from_string(llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
+
+
+def grammar_for(fmt: Any) -> llama_cpp.LlamaGrammar | None:
+    """``format`` (already checked by the server): ``"json"`` or a JSON schema, as a grammar.
+
+    Raises ``ValueError`` for a schema llama.cpp cannot turn into a grammar.
+    """
+    if fmt is None:
+        return None
+    if fmt == "json":
+        return _json_grammar()
+    import json
+
+    try:
+        return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
+    except Exception as exc:  # noqa: BLE001 - llama-cpp-python raises several kinds for a schema it cannot convert
+        raise ValueError("invalid JSON schema in format") from exc
+
+
+@dataclass
+class Generation:
+    """What one generation did, with Ollama's counts and durations (nanoseconds)."""
+
+    prompt_tokens: list[int]
+    output_tokens: list[int] = field(default_factory=list)
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    done_reason: str = "stop"  # stop (end of text or a stop string), length (num_predict or context full)
+    cancelled: bool = False
+
+
+class LlamaModel:
+    """A model loaded into memory, with a context window of ``num_ctx`` tokens."""
+
+    def __init__(self, path: str, num_ctx: int, threads: int | None = None):
+        threads = threads or os.cpu_count() or 1
+        start = time.perf_counter_ns()
+        # Ollama uses every physical core; llama-cpp-python's default is half of them.
+        self.llm = load_llama(path, n_ctx=num_ctx, n_threads=threads, n_threads_batch=threads,
+                              n_batch=PREFILL_CHUNK, verbose=False)
+        self.load_duration = time.perf_counter_ns() - start
+        self.num_ctx = num_ctx
+        self._vocab = self.llm._model.vocab
+        self.n_vocab = self.llm.n_vocab()
+
+    # text <-> tokens -----------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of a rendered prompt (special tokens like ``<|im_start|>`` recognised)."""
+        return self.llm.tokenize(text.encode("utf-8", errors="replace"), add_bos=True, special=True)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
+
+    # generation ----------------------------------------------------------------------------
+
+    def generate(self, prompt: list[int], opts: Options, emit: Callable[[str], None], cancelled: Callable[[], bool],
+                 grammar: llama_cpp.LlamaGrammar | None = None,
+                 progress: Callable[[], None] = lambda: None) -> Generation:
+        """Evaluate ``prompt``, then sample tokens, calling ``emit`` with each new piece of text.
+
+        Stops at an end-of-generation token or a stop string (``stop``), after ``num_predict``
+        tokens or when the context is full (``length``), or when ``cancelled()`` turns true.
+        ``progress`` is called after each chunk of the prompt, so a supervisor sees we are alive.
+        """
+        llm = self.llm
+        prompt = self._fit(prompt, opts)
+        result = Generation(prompt_tokens=prompt)
+
+        start = time.perf_counter_ns()
+        result.prompt_eval_count = self._prefill(prompt, progress, cancelled)
+        prompt_done = time.perf_counter_ns()
+        result.prompt_eval_duration = prompt_done - start
+
+        llm.set_seed(opts.seed if opts.seed >= 0 else int.from_bytes(os.urandom(4), "little"))
+        llm.last_n_tokens_size = opts.repeat_last_n if opts.repeat_last_n >= 0 else self.num_ctx
+        sampler = llm._init_sampler(
+            top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p, typical_p=opts.typical_p,
+            temp=opts.temperature, repeat_penalty=opts.repeat_penalty, frequency_penalty=opts.frequency_penalty,
+            presence_penalty=opts.presence_penalty, grammar=grammar,
+        )
+        text = TextStream(opts.stop)
+        limit = opts.num_predict if opts.num_predict >= 0 else None
+        try:
+            while True:
+                if cancelled():
+                    result.cancelled = True
+                    break
+                if limit is not None and result.eval_count >= limit:
+                    result.done_reason = "length"
+                    break
+                token = sampler.sample(llm._ctx, -1)
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    break
+                result.eval_count += 1
+                result.output_tokens.append(token)
+                piece = text.feed(llm.detokenize([token]))
+                if piece:
+                    emit(piece)
+                if text.stopped:
+                    break
+                if llm.n_tokens >= self.num_ctx:
+                    result.done_reason = "length"
+                    break
+                llm.eval([token])
+            rest = text.flush()
+            if rest and not result.cancelled:
+                emit(rest)
+        finally:
+            sampler.close() if hasattr(sampler, "close") else None
+        result.eval_duration = time.perf_counter_ns() - prompt_done
+        return result
+
+    def _fit(self, prompt: list[int], opts: Options) -> list[int]:
+        """Cut a prompt longer than the context as Ollama does: keep the first ``num_keep`` tokens and the end."""
+        room = self.num_ctx - 1
+        if len(prompt) <= room:
+            return prompt
+        keep = min(max(opts.extra.get("num_keep", 4), 0), room)
+        log.warning("prompt of %d tokens exceeds num_ctx %d: truncating", len(prompt), self.num_ctx)
+        return prompt[:keep] + prompt[len(prompt) - (room - keep):]
+
+    def _prefill(self, prompt: list[int], progress: Callable[[], None], cancelled: Callable[[], bool]) -> int:
+        """Evaluate the prompt, reusing the cached start it shares with the previous one; return tokens evaluated."""
+        llm = self.llm
+        cached = 0
+        for a, b in zip(llm.input_ids[: llm.n_tokens], prompt, strict=False):
+            if a != b:
+                break
+            cached += 1
+        cached = min(cached, len(prompt) - 1)  # evaluate at least one token, for fresh logits
+        llm.n_tokens = cached  # eval() drops the cache beyond this point
+        for start in range(cached, len(prompt), PREFILL_CHUNK):
+            if cancelled():
+                break
+            llm.eval(prompt[start:start + PREFILL_CHUNK])
+            progress()
+        return len(prompt) - cached
+
+    def close(self) -> None:
+        self.llm.close()

@@ -1,0 +1,191 @@
+"""Inside a runner process: load one model, then run the jobs the server sends, one at a time.
+
+The server starts ``python -m llm_experiment.engine.runner_main IN_FD OUT_FD`` (see :mod:`.runner`)
+and talks to it in JSON lines over two pipes:
+
+    server -> runner   {"op": "load", "path", "num_ctx", "threads"}    once, first
+                       {"op": "run", "id", "kind", ...}                 a generation (see :func:`_run`)
+                       {"op": "cancel", "id"}                           stop that generation after this token
+    runner -> server   {"ev": "loaded", "load_duration", "n_vocab"}
+                       {"ev": "phase", "id", "phase": "grammar"}       slow native work starts: a short deadline
+                       {"ev": "progress", "id"}                         still working (prompt chunks)
+                       {"ev": "piece", "id", "text"}                    generated text
+                       {"ev": "done", "id", ...counts and durations}    the end of a generation
+                       {"ev": "error", "id", "status", "message"}      a request the model cannot run
+
+Anything that goes wrong in native code (a crash, an abort, an endless loop) ends or stalls this
+process only; the server notices, answers the request with an error and starts a new runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import resource
+import signal
+import sys
+import threading
+from dataclasses import asdict
+from typing import IO, Any
+
+MEMORY_ENV = "LLM_EXPERIMENT_RUNNER_MEMORY"
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill us when the server dies, even by kill -9 (no orphaned runners)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the closed command pipe still ends us
+
+
+def _limit_memory() -> None:
+    """Cap the heap (private writable memory): an allocation past it fails inside this process only."""
+    limit = int(os.environ.get(MEMORY_ENV, "0") or 0)
+    if limit > 0:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+class Channel:
+    """The two pipes to the server: commands in (read by a thread), events out."""
+
+    def __init__(self, in_fd: int, out_fd: int):
+        self._in = os.fdopen(in_fd, "rb")
+        self._out: IO[bytes] = os.fdopen(out_fd, "wb")
+        self._lock = threading.Lock()
+        self.jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.cancelled: set[int] = set()
+        self.current: int | None = None
+        self.cancel = threading.Event()
+
+    def send(self, event: dict[str, Any]) -> None:
+        data = (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "replace")
+        with self._lock:
+            self._out.write(data)
+            self._out.flush()
+
+    def read_first(self) -> dict[str, Any] | None:
+        line = self._in.readline()
+        return json.loads(line) if line else None
+
+    def listen(self) -> None:
+        """Thread: sort commands into the job queue; a cancel takes effect at once."""
+        for line in self._in:
+            command = json.loads(line)
+            if command["op"] == "run":
+                self.jobs.put(command)
+            elif command["op"] == "cancel":
+                self.cancelled.add(command["id"])
+                if command["id"] == self.current:
+                    self.cancel.set()
+        self.cancel.set()  # the server closed the pipe: stop whatever runs and exit
+        self.jobs.put(None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is the server's to handle
+    _limit_memory()
+    channel = Channel(int(args[0]), int(args[1]))
+
+    from .llama import LlamaModel  # imports llama.cpp: done while the server waits for "loaded"
+
+    load = channel.read_first()
+    if load is None:
+        return 0
+    try:
+        model = LlamaModel(load["path"], load["num_ctx"], load.get("threads"))
+    except Exception as exc:  # noqa: BLE001 - llama-cpp-python raises ValueError and others for a bad file
+        channel.send({"ev": "error", "id": 0, "status": 500, "message": f"error loading model: {exc}"})
+        return 1
+    channel.send({"ev": "loaded", "load_duration": model.load_duration, "n_vocab": model.n_vocab})
+    threading.Thread(target=channel.listen, daemon=True).start()
+    while (job := channel.jobs.get()) is not None:
+        channel.current = job["id"]
+        channel.cancel.clear()
+        if job["id"] in channel.cancelled:
+            channel.cancel.set()
+        try:
+            _run(model, job, channel)
+        except Exception as exc:  # noqa: BLE001 - report it; the process stays usable
+            channel.send({"ev": "error", "id": job["id"], "status": 500, "message": str(exc) or type(exc).__name__})
+        channel.current = None
+        channel.cancelled.discard(job["id"])
+    return 0
+
+
+def _run(model: Any, job: dict[str, Any], channel: Channel) -> None:
+    """One generation: build the grammar and the prompt, generate, report the counts."""
+    from .gotemplate import TemplateError
+    from .llama import grammar_for
+    from .options import Options
+    from .prompt import fit_messages, render
+
+    jid = job["id"]
+    opts = Options(**job["options"])
+    grammar = None
+    if job.get("format") is not None:
+        channel.send({"ev": "phase", "id": jid, "phase": "grammar"})
+        try:
+            grammar = grammar_for(job["format"])
+        except ValueError as exc:
+            channel.send({"ev": "error", "id": jid, "status": 500, "message": str(exc)})
+            return
+    try:
+        prompt = _prompt_tokens(model, job, fit_messages, render)
+    except TemplateError as exc:
+        channel.send({"ev": "error", "id": jid, "status": 500, "message": f"template: {exc}"})
+        return
+    except ContextError as exc:
+        channel.send({"ev": "error", "id": jid, "status": 400, "message": str(exc)})
+        return
+    channel.send({"ev": "progress", "id": jid})
+
+    def emit(text: str) -> None:
+        channel.send({"ev": "piece", "id": jid, "text": text})
+
+    def progress() -> None:
+        channel.send({"ev": "progress", "id": jid})
+
+    gen = model.generate(prompt, opts, emit, channel.cancel.is_set, grammar, progress)
+    done = {k: v for k, v in asdict(gen).items() if k not in ("prompt_tokens", "output_tokens")}
+    if job.get("context_out"):
+        done["context"] = gen.prompt_tokens + gen.output_tokens
+    channel.send({"ev": "done", "id": jid, **done})
+
+
+class ContextError(ValueError):
+    """A ``context`` with token ids the model does not have."""
+
+
+def _prompt_tokens(model: Any, job: dict[str, Any], fit_messages: Any, render: Any) -> list[int]:
+    """The prompt as tokens: raw text, a generate prompt (after an earlier ``context``) or a chat."""
+    if job["kind"] == "raw":
+        return model.tokenize(job["prompt"])
+    template = job.get("template") or ""
+    messages = job["messages"]
+    if job["kind"] == "generate":
+        context = job.get("context") or []
+        bad = next((t for t in context if not 0 <= t < model.n_vocab), None)
+        if bad is not None:
+            raise ContextError(f"invalid context: token id {bad} is outside the model's vocabulary "
+                               f"(0 to {model.n_vocab - 1}); send back the context of an earlier answer")
+        before = model.detokenize(context) if context else ""  # Ollama prepends the old context as text
+        return model.tokenize(before + render(template, messages))
+
+    def as_text(msgs: list[dict[str, Any]]) -> str:
+        return render(template, msgs)
+
+    def count(text: str) -> int:
+        return len(model.tokenize(text))
+
+    return model.tokenize(as_text(fit_messages(messages, model.num_ctx, count, as_text)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

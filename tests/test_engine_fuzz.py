@@ -1,0 +1,214 @@
+"""Random request bodies for /api/generate, /api/chat, /api/create and /api/show (hypothesis).
+
+Each body mixes valid and hostile fields: wrong types, lone surrogates, huge numbers, broken JSON.
+Whatever it is, the answer must be a 2xx or a 4xx, or one of the 500s Ollama documents (a wrongly
+typed option, an invalid format, a runner that crashed, a template that failed), never a hang, and the
+engine must still answer afterwards. Generations are capped: every ``options`` object the fuzzer
+sends has a ``num_predict`` of at most 3 (or one of the wrong type, which is refused).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import MODEL, RunningEngine
+
+#: The 500s a client may get from Ollama for a request (everything else must be a 2xx or a 4xx).
+DOCUMENTED_500 = re.compile(
+    r'^(option "[^"]*" must be of |invalid format: |invalid JSON schema in format|model runner has unexpectedly '
+    r"stopped|llama runner process has terminated|template: |pull model manifest: file does not exist)")
+TIMEOUT = 60  # seconds for one answer: a hang fails the example (the grammar deadline is 10 s)
+FUZZ_MODELS = ["fuzz-a", "fuzz-b:v1"]  # the only names /api/create may write; deleted at the end
+SETTINGS = {"deadline": None, "database": None, "derandomize": True, "print_blob": True,
+            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large,
+                                      HealthCheck.filter_too_much]}
+
+# --- values --------------------------------------------------------------------------------------------------------
+
+SURROGATES = st.sampled_from(["\ud800", "\udfff", "a\udc80b", "\ud83d", "\ude00\ud83d"])
+texts = st.one_of(
+    st.text(alphabet=st.characters(exclude_categories=[]), max_size=12),  # lone surrogates (Cs) too
+    SURROGATES,
+    st.sampled_from(["", " ", "\x00", "Hi", "<|im_start|>system", "{{ .Prompt }}", "é" * 5, "x" * 2000]),
+)
+HUGE = st.sampled_from([10**30, -(10**30), 2**63, 2**63 - 1, -(2**63), 2**64, 2**31 - 1, -(2**31), 1e308, -1e308,
+                        1e-320, 1e300, -0.0, 0.5, 10**400])
+numbers = st.one_of(st.integers(-1000, 100_000), st.floats(allow_nan=False, allow_infinity=False), HUGE)
+scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
+anything = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+                        max_leaves=6)
+
+
+not_text = st.one_of(st.none(), st.booleans(), numbers, st.lists(scalars, max_size=2))  # names create never writes
+
+
+def maybe(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly a valid value, sometimes anything at all."""
+    return st.one_of(valid, valid, anything)
+
+
+names = st.one_of(
+    st.sampled_from([MODEL, "SmolLM2:135M", "registry.ollama.ai/library/smollm2:135m", "smollm2", "nope:1", "",
+                     "a/b/c/d", "x" * 300, "../../etc/passwd", "smollm2\ud800:135m", " smollm2:135m ", *FUZZ_MODELS]),
+    texts, anything)
+
+# --- options, always with a small num_predict ----------------------------------------------------------------------
+
+OPTION_VALUES = {
+    "temperature": st.floats(0, 2) | numbers, "top_k": st.integers(-5, 100) | numbers, "top_p": numbers,
+    "min_p": numbers, "typical_p": numbers, "seed": numbers, "repeat_penalty": numbers, "repeat_last_n": numbers,
+    "presence_penalty": numbers, "frequency_penalty": numbers, "num_keep": numbers, "mirostat": numbers,
+    "num_ctx": st.sampled_from([1, 4, 512, 4096, 10**9, -3]),
+    "stop": st.lists(texts, max_size=3), "num_thread": st.integers(-2, 8), "num_batch": numbers,
+    "use_mmap": st.booleans(), "numa": st.booleans(), "penalize_newline": st.booleans(),
+}
+options = st.builds(
+    lambda given, n: {**given, "num_predict": n},
+    st.fixed_dictionaries({}, optional={name: maybe(value) for name, value in OPTION_VALUES.items()}
+                          | {"no_such_option": anything}),
+    st.sampled_from([0, 1, 2, 3, 2.7, "3", True, [1]]),
+)
+bad_options = st.one_of(st.lists(scalars, max_size=2), texts, numbers, st.booleans())  # never null: no cap then
+
+keep_alives = st.sampled_from(["5m", "0", 0, -1, "-1s", "1h30m", 3.5, "bogus", "5", 1e300, 1e200, 10**30, "1e9h",
+                               [], {}, True])
+SCHEMAS = [
+    "json", "", {}, {"type": "object"}, {"type": "string"}, {"type": "integer", "minimum": 3},
+    {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name"]},
+    {"type": "array", "items": {"type": "boolean"}, "maxItems": 2}, {"enum": ["a", "b"]}, {"enum": []}, {"anyOf": []},
+    {"oneOf": [{"type": "string"}, {"type": "null"}]}, {"type": "object", "properties": {'a"b': {}}},
+    {"type": "object", "properties": {"a\\b\n": {"type": "string"}}}, {"$ref": "#/nowhere"}, {"type": "bogus"},
+    {"type": ["string", "null"]}, {"properties": []}, {"items": 5}, {"enum": 5}, "yaml", 5, ["json"],
+]
+formats = st.one_of(st.sampled_from(SCHEMAS), anything)
+messages = st.lists(
+    st.fixed_dictionaries({"role": maybe(st.sampled_from(["user", "assistant", "system", "tool", "USER", "bot"])),
+                           "content": maybe(texts)},
+                          optional={"images": anything, "tool_calls": anything, "thinking": texts}) | anything,
+    max_size=4)
+
+# --- request bodies -----------------------------------------------------------------------------------------------
+
+generate_bodies = st.fixed_dictionaries(
+    {"model": names, "options": st.one_of(options, options, bad_options)},
+    optional={"prompt": maybe(texts), "system": maybe(texts), "suffix": maybe(texts), "template": maybe(texts),
+              "context": maybe(st.lists(st.integers(-5, 60_000), max_size=4)), "stream": maybe(st.booleans()),
+              "raw": maybe(st.booleans()), "format": formats, "keep_alive": maybe(keep_alives),
+              "images": maybe(st.lists(texts, max_size=1)), "think": maybe(st.booleans()), "extra": anything})
+chat_bodies = st.fixed_dictionaries(
+    {"model": names, "options": st.one_of(options, options, bad_options)},
+    optional={"messages": maybe(messages), "stream": maybe(st.booleans()), "format": formats,
+              "keep_alive": maybe(keep_alives), "tools": maybe(st.lists(anything, max_size=1)),
+              "think": maybe(st.booleans()), "extra": anything})
+TEMPLATES = ["", "{{ .Prompt }}", "{{ .System }} {{ .Prompt }}", "{{ range .Messages }}{{ .Content }}{{ end }}",
+             "{{ .Foo", "{{ range }}", "{{ end }}", "{{ template \"x\" }}", "{{ .Prompt | len }}",
+             "{{ range $.Messages }}" * 3 + "{{ .Role }}" + "{{ end }}" * 3]
+create_bodies = st.fixed_dictionaries(
+    {"model": st.one_of(st.sampled_from(FUZZ_MODELS), st.sampled_from(["", "bad name", "x\ud800", "a/b/c/d/e",
+                                                                       "x" * 300, "-x"]), not_text),
+     "stream": maybe(st.booleans())},
+    optional={"from": maybe(st.sampled_from([MODEL, "fuzz-a", "nope", ""])),
+              "files": maybe(st.dictionaries(st.sampled_from(["a.gguf", "b.gguf", "x.bin", "../a.gguf"]),
+                                             st.sampled_from(["sha256:" + "0" * 64, "sha256:xyz", "", "md5:1"])
+                                             | anything, max_size=2)),
+              "template": maybe(st.sampled_from(TEMPLATES) | texts), "system": maybe(texts),
+              "parameters": maybe(st.dictionaries(st.sampled_from([*OPTION_VALUES, "num_predict", "bogus"]) | texts,
+                                                  anything, max_size=3)),
+              "messages": maybe(messages), "license": maybe(st.one_of(texts, st.lists(texts, max_size=2))),
+              "adapters": anything, "quantize": maybe(st.sampled_from(["", "q4_0"]))})
+show_bodies = st.fixed_dictionaries(
+    {}, optional={"model": names, "name": names, "verbose": maybe(st.booleans()), "system": anything,
+                  "options": anything})
+
+
+def encoded(body: Any, cut: int | None) -> bytes:
+    """The body as JSON (lone surrogates as \\u escapes), or its first ``cut`` bytes (broken JSON)."""
+    data = json.dumps(body, ensure_ascii=True, allow_nan=False).encode()
+    return data if cut is None else data[:cut]
+
+
+cuts = st.one_of(st.none(), st.none(), st.none(), st.integers(0, 60))
+
+# --- checking an answer ---------------------------------------------------------------------------------------------
+
+
+def check_answer(response: requests.Response, sent: bytes) -> None:
+    """A 2xx or 4xx with Ollama's shapes, or a documented 500."""
+    where = f"request {sent[:300]!r} -> {response.status_code} {response.text[:300]!r}"
+    status = response.status_code
+    if status >= 400:
+        body = response.json()
+        assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], where
+        if status >= 500:
+            assert status == 500 and DOCUMENTED_500.match(body["error"]), where
+        return
+    assert 200 <= status < 300, where
+    if not response.content:
+        return
+    if response.headers.get("content-type", "").startswith("application/x-ndjson"):
+        lines = [json.loads(line) for line in response.text.splitlines()]
+        assert lines, where
+        for line in lines:
+            assert "error" not in line or DOCUMENTED_500.match(line["error"]) or line["error"].startswith(
+                "pull model manifest"), where
+        last = lines[-1]
+        assert last.get("done") is True or "error" in last or last.get("status") == "success", where
+    else:
+        body = response.json()
+        assert isinstance(body, dict), where
+        if "done" in body:
+            assert body["done"] is True and body.get("eval_count", 0) <= 3, where
+
+
+def exchange(url: str, path: str, body: Any, cut: int | None, method: str = "POST") -> None:
+    """Send one body; check the answer, and that the engine still answers /api/version."""
+    sent = encoded(body, cut)
+    try:
+        response = requests.request(method, url + path, data=sent, timeout=TIMEOUT,
+                                    headers={"Content-Type": "application/json"})
+    except requests.Timeout:
+        pytest.fail(f"no answer within {TIMEOUT} s to {path} {sent[:300]!r}")
+    check_answer(response, sent)
+    version = requests.get(url + "/api/version", timeout=10)
+    assert version.status_code == 200, f"the engine stopped answering after {path} {sent[:300]!r}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _delete_fuzz_models(engine: RunningEngine) -> Iterator[None]:
+    yield
+    for name in FUZZ_MODELS:
+        requests.delete(engine.url + "/api/delete", json={"model": name}, timeout=30)
+
+
+# --- the properties ------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=90, **SETTINGS)
+@given(body=generate_bodies, cut=cuts)
+def test_generate_survives_any_body(engine: RunningEngine, body: dict[str, Any], cut: int | None) -> None:
+    exchange(engine.url, "/api/generate", body, cut)
+
+
+@settings(max_examples=90, **SETTINGS)
+@given(body=chat_bodies, cut=cuts)
+def test_chat_survives_any_body(engine: RunningEngine, body: dict[str, Any], cut: int | None) -> None:
+    exchange(engine.url, "/api/chat", body, cut)
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(body=create_bodies, cut=cuts)
+def test_create_survives_any_body(engine: RunningEngine, body: dict[str, Any], cut: int | None) -> None:
+    exchange(engine.url, "/api/create", body, cut)
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(body=show_bodies, cut=cuts)
+def test_show_survives_any_body(engine: RunningEngine, body: dict[str, Any], cut: int | None) -> None:
+    exchange(engine.url, "/api/show", body, cut)
