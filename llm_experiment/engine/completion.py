@@ -20,13 +20,17 @@ from starlette.responses import Response, StreamingResponse
 
 from ..protocol import normalize_name
 from .models import Model
-from .options import DurationError, OptionError, Options, parse_keep_alive, parse_options
+from .options import (
+    DurationError,
+    OptionError,
+    Options,
+    bound_num_predict,
+    clamp_num_ctx,
+    clamp_repeat_last_n,
+    parse_keep_alive,
+    parse_options,
+)
 from .runner import anyio_shield
-
-
-def clamp_num_ctx(n, train):  # TEMPORARY until options.clamp_num_ctx lands
-    return max(4, min(n, train or n))
-
 from .show import context_length
 from .state import Engine
 from .wire import APIError, JSONResponse, ndjson_line, timestamp
@@ -106,6 +110,12 @@ async def _job(engine: Engine, model: Model, name: str, kind: str, body: dict[st
     train_ctx = await asyncio.to_thread(context_length, model)
     num_ctx = clamp_num_ctx(options.num_ctx or engine.scheduler.default_num_ctx, train_ctx)
     options.num_ctx = num_ctx
+    try:
+        options.repeat_last_n = clamp_repeat_last_n(options.repeat_last_n, num_ctx)
+    except OptionError as exc:
+        raise APIError(400, str(exc)) from None
+    if options.num_predict != 0:  # 0 keeps its meaning here: no new tokens
+        options.num_predict = bound_num_predict(options.num_predict, num_ctx)
     spec["options"] = asdict(options)
     return Job(model=model, name=name, kind=kind, options=options, num_ctx=num_ctx, keep_alive=keep_alive,
                stream=body.get("stream") is not False, spec=spec, started_ns=started, load_only=load_only)

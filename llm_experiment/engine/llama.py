@@ -20,7 +20,7 @@ from typing import Any
 import llama_cpp
 import llama_cpp.llama_cpp as llama_c
 
-from .options import Options
+from .options import Options, clamp_num_keep, clamp_repeat_last_n, clamp_top_k, normalize_seed
 from .textstream import TextStream
 
 log = logging.getLogger("llm_experiment.runner")
@@ -160,10 +160,11 @@ class LlamaModel:
         prompt_done = time.perf_counter_ns()
         result.prompt_eval_duration = prompt_done - start
 
-        llm.set_seed(opts.seed if opts.seed >= 0 else int.from_bytes(os.urandom(4), "little"))
-        llm.last_n_tokens_size = opts.repeat_last_n if opts.repeat_last_n >= 0 else self.num_ctx
+        seed = normalize_seed(opts.seed)
+        llm.set_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+        llm.last_n_tokens_size = clamp_repeat_last_n(opts.repeat_last_n, self.num_ctx)
         sampler = llm._init_sampler(
-            top_k=opts.top_k, top_p=opts.top_p, min_p=opts.min_p, typical_p=opts.typical_p,
+            top_k=clamp_top_k(opts.top_k, self.n_vocab), top_p=opts.top_p, min_p=opts.min_p, typical_p=opts.typical_p,
             temp=opts.temperature, repeat_penalty=opts.repeat_penalty, frequency_penalty=opts.frequency_penalty,
             presence_penalty=opts.presence_penalty, grammar=grammar,
         )
@@ -204,7 +205,7 @@ class LlamaModel:
         room = self.num_ctx - 1
         if len(prompt) <= room:
             return prompt
-        keep = min(max(opts.extra.get("num_keep", 4), 0), room)
+        keep = clamp_num_keep(opts.extra.get("num_keep", 4), len(prompt), self.num_ctx, adds_bos=True)
         log.warning("prompt of %d tokens exceeds num_ctx %d: truncating", len(prompt), self.num_ctx)
         return prompt[:keep] + prompt[len(prompt) - (room - keep):]
 

@@ -42,7 +42,7 @@ class RunnerLimits:
 
     load_timeout: float = 300.0  # Ollama's OLLAMA_LOAD_TIMEOUT default: 5 minutes
     stall_timeout: float = 120.0  # no token or progress for this long: the runner is stuck
-    grammar_timeout: float = 10.0  # turning a JSON schema into a grammar never takes long
+    grammar_timeout: float = 5.0  # turning a JSON schema into a grammar takes milliseconds, unless it loops
     memory: int = 8 << 30  # heap cap (RLIMIT_DATA), bytes; 0 = none
     #: The program a runner process runs; the pipes' descriptors are appended. Tests put a fake here.
     command: tuple[str, ...] = (sys.executable, "-m", "llm_experiment.engine.runner_main")
@@ -78,6 +78,7 @@ class RunnerProcess:
         self._reader: threading.Thread | None = None
         self.last_event = time.monotonic()
         self.phase = ""  # what the runner is doing now: "load", "grammar", "run" or "" (idle)
+        self._stopping = False  # we asked it to end: its exit is no news
 
     @property
     def alive(self) -> bool:
@@ -121,7 +122,7 @@ class RunnerProcess:
     def _exited(self, code: int) -> None:
         reason = self.exit_reason or _describe_exit(code)
         self.exit_reason = reason
-        log.warning("runner %d stopped: %s", self.proc.pid, reason)
+        log.log(logging.INFO if self._stopping else logging.WARNING, "runner %d stopped: %s", self.proc.pid, reason)
         if self._events is not None:
             self._events.put_nowait({"ev": "exit", "message": reason})
 
@@ -154,6 +155,7 @@ class RunnerProcess:
 
     def stop(self) -> None:
         """End the process: close its command pipe (it exits by itself), and kill it if it lingers."""
+        self._stopping = True
         with contextlib.suppress(OSError):
             os.close(self._to_child)
         try:

@@ -123,7 +123,7 @@ def _run(model: Any, job: dict[str, Any], channel: Channel) -> None:
     """One generation: build the grammar and the prompt, generate, report the counts."""
     from .gotemplate import TemplateError
     from .llama import grammar_for
-    from .options import Options
+    from .options import InvalidTokenError, Options
     from .prompt import fit_messages, render
 
     jid = job["id"]
@@ -141,7 +141,7 @@ def _run(model: Any, job: dict[str, Any], channel: Channel) -> None:
     except TemplateError as exc:
         channel.send({"ev": "error", "id": jid, "status": 500, "message": f"template: {exc}"})
         return
-    except ContextError as exc:
+    except InvalidTokenError as exc:
         channel.send({"ev": "error", "id": jid, "status": 400, "message": str(exc)})
         return
     channel.send({"ev": "progress", "id": jid})
@@ -159,22 +159,17 @@ def _run(model: Any, job: dict[str, Any], channel: Channel) -> None:
     channel.send({"ev": "done", "id": jid, **done})
 
 
-class ContextError(ValueError):
-    """A ``context`` with token ids the model does not have."""
-
-
 def _prompt_tokens(model: Any, job: dict[str, Any], fit_messages: Any, render: Any) -> list[int]:
     """The prompt as tokens: raw text, a generate prompt (after an earlier ``context``) or a chat."""
+    from .options import check_context_tokens
+
     if job["kind"] == "raw":
         return model.tokenize(job["prompt"])
     template = job.get("template") or ""
     messages = job["messages"]
     if job["kind"] == "generate":
         context = job.get("context") or []
-        bad = next((t for t in context if not 0 <= t < model.n_vocab), None)
-        if bad is not None:
-            raise ContextError(f"invalid context: token id {bad} is outside the model's vocabulary "
-                               f"(0 to {model.n_vocab - 1}); send back the context of an earlier answer")
+        check_context_tokens(context, model.n_vocab)
         before = model.detokenize(context) if context else ""  # Ollama prepends the old context as text
         return model.tokenize(before + render(template, messages))
 
