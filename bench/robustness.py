@@ -54,9 +54,11 @@ from llm_experiment.engine.models import bundled_gguf  # noqa: E402
 MODEL = "smollm2:135m"
 DOCUMENTED_500 = re.compile(
     r'^(option "[^"]*" must be of |invalid format: |invalid JSON schema in format|model runner has unexpectedly '
-    r"stopped|llama runner process has terminated|template: |pull model manifest: file does not exist)")
-#: A runner's end as the engine logs it; "exit status 0" is a normal unload.
-RUNNER_STOPPED = re.compile(r"runner (\d+) stopped: (.*)")
+    r"stopped|llama runner process has terminated|template: |pull model manifest: file does not exist"
+    r"|failed to marshal completion request: json: unsupported value"  # a float32 option past float32
+    r"|json: cannot unmarshal \w+ into Go value of type (\[\])?string$)")  # create: a license neither text nor list
+#: A runner's unplanned end as the engine logs it (unloads and shutdowns are logged at INFO).
+RUNNER_STOPPED = re.compile(r"WARNING runner (\d+) stopped: (.*)")
 OUTCOMES = ["correct (2xx/4xx)", "documented 5xx", "undocumented 5xx", "hang (timeout)", "crash"]
 
 
@@ -121,7 +123,7 @@ class Engine:
 
     def runner_restarts(self) -> int:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return sum(1 for m in RUNNER_STOPPED.finditer(text) if m.group(2).strip() != "exit status 0")
+        return len(RUNNER_STOPPED.findall(text))
 
 
 class Probe:
@@ -161,12 +163,19 @@ class Tally:
     counts: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     tried: int = 0
+    verbose: bool = False
+    durations: list[tuple[float, str]] = field(default_factory=list)  # (seconds, label) of each request
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, answer) of the bad ones
 
-    def add(self, outcome: str, what: str) -> None:
+    def add(self, outcome: str, what: str, seconds: float = 0.0) -> None:
         self.tried += 1
         self.counts[outcome] += 1
+        self.durations.append((seconds, what.split(":", 1)[0]))
         if outcome not in OUTCOMES[:2]:
             self.examples.setdefault(outcome, []).append(what[:400])
+            self.reasons[outcome, what.rpartition(" -> ")[2][:90]] += 1
+        if self.verbose:
+            print(f"  [{outcome}] {seconds:.2f} s {what[:220]}", file=sys.stderr)
 
 
 def classify(response: requests.Response) -> str:
@@ -193,6 +202,7 @@ def send(engine: Engine, tally: Tally, label: str, method: str, path: str, data:
     """One request; its outcome goes into ``tally``. A dead engine is restarted."""
     what = f"{label}: {method} {path} {(data or b'')[:200]!r}"
     response = None
+    start = time.monotonic()
     try:
         response = requests.request(method, engine.url + path, data=data, timeout=timeout,
                                     headers={"Content-Type": "application/json", **(headers or {})})
@@ -202,12 +212,13 @@ def send(engine: Engine, tally: Tally, label: str, method: str, path: str, data:
         outcome = OUTCOMES[3]
     except requests.RequestException as exc:
         outcome, what = OUTCOMES[4], f"{what} -> {exc}"
+    seconds = time.monotonic() - start
     if not engine.alive():
         outcome = OUTCOMES[4]
         print(f"  engine down after {what}; restarting it", file=sys.stderr)
         engine.stop()
         engine.start()
-    tally.add(outcome, what)
+    tally.add(outcome, what, seconds)
     return response
 
 
@@ -258,7 +269,7 @@ class Fuzzer:
         return {r.choice(TEXTS): self.anything(depth + 1) for _ in range(r.randrange(3))}
 
     def maybe(self, valid: Callable[[], Any]) -> Any:
-        return valid() if self.rng.random() < 0.75 else self.anything()
+        return valid() if self.rng.random() < 0.9 else self.anything()
 
     def options(self) -> Any:
         r = self.rng
@@ -285,7 +296,7 @@ class Fuzzer:
 
     def fields(self, required: dict[str, Callable[[], Any]], optional: dict[str, Callable[[], Any]]) -> dict[str, Any]:
         body = {name: self.maybe(make) for name, make in required.items()}
-        body.update({name: self.maybe(make) for name, make in optional.items() if self.rng.random() < 0.4})
+        body.update({name: self.maybe(make) for name, make in optional.items() if self.rng.random() < 0.3})
         return body
 
     def request(self) -> tuple[str, dict[str, Any]]:
@@ -427,6 +438,12 @@ def hand_made(engine: Engine, tally: Tally) -> None:
         ("keep_alive 1e200", "POST", "/api/generate", gen(', "keep_alive": 1e200')),
         ("files number", "POST", "/api/create", b'{"model": "x", "files": {"a.gguf": 5}, "stream": false}'),
         ("license number", "POST", "/api/create", as_json({"model": "x", "from": MODEL, "license": 5})),
+        ("60,000 special tokens", "POST", "/api/generate", as_json({
+            "model": MODEL, "prompt": "<|im_start|>" * 60_000, "stream": False,
+            "options": {"num_predict": 1, "num_ctx": 512}})),
+        ("60,000 plain tokens", "POST", "/api/generate", as_json({
+            "model": MODEL, "prompt": "hello world " * 30_000, "stream": False,
+            "options": {"num_predict": 1, "num_ctx": 512}})),
         ("1.3 MB template", "POST", "/api/create",
          as_json({"model": "x", "from": MODEL, "template": "{{ .System }}x\n" * 90_000, "stream": False})),
     ]
@@ -520,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60, help="seconds before a request counts as a hang")
     parser.add_argument("--no-hand-made", action="store_true", help="only the fuzzed requests")
     parser.add_argument("--keep", action="store_true", help="keep the engine's folder (log, store) and print it")
+    parser.add_argument("--verbose", action="store_true", help="print every hand-made request and its outcome")
     args = parser.parse_args(argv)
 
     folder = Path(tempfile.mkdtemp(prefix="robustness-"))
@@ -528,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     engine.start()
     probe = Probe(engine)
     probe.start()
-    fuzzed, hostile = Tally(), Tally()
+    fuzzed, hostile = Tally(), Tally(verbose=args.verbose)
     try:
         fuzzer = Fuzzer(args.seed)
         for i in range(args.examples):
@@ -559,10 +577,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"/api/version meanwhile: {len(probe.latencies)} asked, {len(probe.latencies) - len(answered)} "
               f"unanswered, p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(answered) * 1000:.0f} ms, "
               f"mean {statistics.fmean(answered) * 1000:.1f} ms")
+    slowest = sorted(hostile.durations, reverse=True)[:4] + sorted(fuzzed.durations, reverse=True)[:1]
+    print("slowest: " + ", ".join(f"{label} {seconds:.1f} s" for seconds, label in slowest))
+    for (outcome, answer), count in (fuzzed.reasons + hostile.reasons).most_common():
+        print(f"  {count} x {outcome}: {answer}")
     for tally in (fuzzed, hostile):
-        for outcome, whats in tally.examples.items():
-            for what in whats[:5]:
-                print(f"  {outcome}: {what}")
+        for whats in tally.examples.values():
+            for what in whats[:2]:
+                print(f"  e.g. {what}")
     if args.keep:
         print(f"engine folder (log, store): {folder}")
     else:

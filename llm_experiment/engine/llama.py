@@ -27,6 +27,10 @@ log = logging.getLogger("llm_experiment.runner")
 
 #: Prompt tokens evaluated per ``llama_decode`` call; the runner reports progress after each chunk.
 PREFILL_CHUNK = 512
+#: A text of more than num_ctx x this many characters cannot fit the context (tokens are shorter).
+CHARS_PER_TOKEN_AT_MOST = 16
+#: Characters kept from the start of a clipped text: more than the ``num_keep`` tokens :meth:`_fit` keeps.
+CLIP_HEAD = 256
 
 _patch_lock = threading.Lock()
 
@@ -134,7 +138,15 @@ class LlamaModel:
     # text <-> tokens -----------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        """Tokens of a rendered prompt (special tokens like ``<|im_start|>`` recognised)."""
+        """Tokens of a rendered prompt (special tokens like ``<|im_start|>`` recognised).
+
+        A text far longer than the context is clipped first, keeping its start and its end: only
+        those survive :meth:`_fit` anyway, and llama.cpp's tokenizer slows down quadratically with
+        the number of special tokens in a text (60,000 ``<|im_start|>`` took 14 s).
+        """
+        limit = self.num_ctx * CHARS_PER_TOKEN_AT_MOST
+        if len(text) > limit + CLIP_HEAD:
+            text = text[:CLIP_HEAD] + text[-limit:]
         return self.llm.tokenize(text.encode("utf-8", errors="replace"), add_bos=True, special=True)
 
     def detokenize(self, tokens: list[int]) -> str:

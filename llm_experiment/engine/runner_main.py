@@ -170,6 +170,7 @@ def _prompt_tokens(model: Any, job: dict[str, Any], fit_messages: Any, render: A
     if job["kind"] == "generate":
         context = job.get("context") or []
         check_context_tokens(context, model.n_vocab)
+        context = context[-model.num_ctx:]  # only the end of a longer context could fit the window
         before = model.detokenize(context) if context else ""  # Ollama prepends the old context as text
         return model.tokenize(before + render(template, messages))
 
