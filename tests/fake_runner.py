@@ -35,6 +35,7 @@ class Generation:
     prompt_tokens: list[int]
     output_tokens: list[int] = field(default_factory=list)
     prompt_eval_count: int = 0
+    prompt_eval_cached_count: int = 0
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
@@ -62,8 +63,9 @@ class FakeModel:
     def detokenize(self, tokens: list[int]) -> str:
         return "".join(map(chr, tokens))
 
-    def generate(self, prompt: list[int], opts: Any, emit: Callable[[str], None], cancelled: Callable[[], bool],
-                 grammar: Any = None, progress: Callable[[], None] = lambda: None) -> Generation:
+    def generate(self, prompt: list[int], opts: Any, emit: Callable[[str, list[Any]], None],
+                 cancelled: Callable[[], bool], grammar: Any = None, progress: Callable[[], None] = lambda: None,
+                 logprobs: int | None = None) -> Generation:
         text = self.detokenize(prompt)
         result = Generation(prompt_tokens=prompt, prompt_eval_count=len(prompt), prompt_eval_duration=1000)
         pieces, delay = re.findall(r"\S+\s*", text), 0.0
@@ -75,7 +77,7 @@ class FakeModel:
                 hoard.append(bytearray(16 << 20))
         for word in ("crash", "abort", "hang"):
             if word in text:
-                emit("partial ")
+                emit("partial ", [])
                 if word == "crash":
                     os.kill(os.getpid(), signal.SIGSEGV)
                 if word == "abort":
@@ -86,7 +88,7 @@ class FakeModel:
                 result.cancelled = True
                 break
             time.sleep(delay)
-            emit(piece)
+            emit(piece, [])
             result.eval_count += 1
             result.output_tokens.append(result.eval_count)
         result.eval_duration = 2000

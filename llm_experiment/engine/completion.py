@@ -58,6 +58,7 @@ class Job:
 async def generate(engine: Engine, request: Request) -> Response:
     started = time.perf_counter_ns()
     body = await engine.body(request, "GenerateRequest")
+    check_top_logprobs(body)
     name = body.get("model") or ""
     model = await engine.find(name, empty_status=404, empty_message=f"model '{name}' not found")
     keep_alive = keep_alive_of(body)
@@ -79,7 +80,8 @@ async def generate(engine: Engine, request: Request) -> Response:
     messages.append({"role": "user", "content": prompt})
     spec = {"kind": "raw", "prompt": prompt} if raw else {
         "kind": "generate", "messages": messages, "template": model.template, "context": context or []}
-    spec.update(format=format_of(body.get("format")) if prompt else None, context_out=not raw)
+    spec.update(format=format_of(body.get("format")) if prompt else None, context_out=not raw,
+                logprobs=logprobs_of(body))
     job = await _job(engine, model, name, "generate", body, keep_alive, spec, started, load_only=not prompt)
     return await run(job, engine, request)
 
@@ -87,6 +89,7 @@ async def generate(engine: Engine, request: Request) -> Response:
 async def chat(engine: Engine, request: Request) -> Response:
     started = time.perf_counter_ns()
     body = await engine.body(request, "ChatRequest")
+    check_top_logprobs(body)
     name = body.get("model") or ""
     model = await engine.find(name, empty_status=400, empty_message="model is required")
     keep_alive = keep_alive_of(body)
@@ -99,7 +102,8 @@ async def chat(engine: Engine, request: Request) -> Response:
     if messages and model.system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": model.system})
     spec = {"kind": "chat", "messages": messages, "template": model.template,
-            "format": format_of(body.get("format")) if given else None, "context_out": False}
+            "format": format_of(body.get("format")) if given else None, "context_out": False,
+            "logprobs": logprobs_of(body)}
     job = await _job(engine, model, name, "chat", body, keep_alive, spec, started, load_only=not given)
     return await run(job, engine, request)
 
@@ -127,6 +131,17 @@ def _message(m: dict[str, Any]) -> dict[str, str]:
 
 
 # checks ---------------------------------------------------------------------------------------
+
+
+def check_top_logprobs(body: dict[str, Any]) -> None:
+    top = body.get("top_logprobs") or 0
+    if not 0 <= top <= 20:
+        raise APIError(400, "top_logprobs must be between 0 and 20")
+
+
+def logprobs_of(body: dict[str, Any]) -> int | None:
+    """How many alternatives to report per token, or ``None`` when logprobs are not wanted."""
+    return (body.get("top_logprobs") or 0) if body.get("logprobs") else None
 
 
 def keep_alive_of(body: dict[str, Any]) -> float | None:
@@ -204,29 +219,43 @@ def _check_schema(schema: dict[str, Any]) -> None:
 # running a job --------------------------------------------------------------------------------
 
 
-def chunk(kind: str, name: str, text: str) -> dict[str, Any]:
-    """One streamed piece, in the endpoint's shape."""
+def chunk(kind: str, name: str, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One streamed piece, in the endpoint's shape (fields in the order Ollama's structs give them)."""
     if kind == "chat":
-        return {"model": name, "created_at": timestamp(), "message": {"role": "assistant", "content": text},
-                "done": False}
-    return {"model": name, "created_at": timestamp(), "response": text, "done": False}
+        obj = {"model": name, "created_at": timestamp(), "message": {"role": "assistant", "content": text},
+               "done": False}
+    else:
+        obj = {"model": name, "created_at": timestamp(), "response": text, "done": False}
+    if logprobs:
+        obj["logprobs"] = logprobs
+    return obj
 
 
-def final(job: Job, text: str, done: dict[str, Any], load_ns: int) -> dict[str, Any]:
-    """The last object: ``done``, ``done_reason``, (``context``) and the six timings."""
+def final(job: Job, text: str, done: dict[str, Any], load_ns: int,
+          logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The last object: ``done``, ``done_reason``, (``context``), the timings and (``logprobs``).
+
+    ``prompt_eval_count`` is the whole prompt and ``prompt_eval_cached_count`` the part reused from
+    the previous request, as current Ollama reports them; ``prompt_eval_duration`` is the rest's.
+    """
     obj = chunk(job.kind, job.name, text)
     obj["done"] = True
     obj["done_reason"] = done["done_reason"]
+    if job.kind == "chat" and logprobs:
+        obj["logprobs"] = logprobs  # ChatResponse has them before its metrics, GenerateResponse after
     if "context" in done:
         obj["context"] = done["context"]
     obj.update(
         total_duration=time.perf_counter_ns() - job.started_ns,
         load_duration=load_ns,
         prompt_eval_count=done["prompt_eval_count"],
+        prompt_eval_cached_count=done["prompt_eval_cached_count"],
         prompt_eval_duration=done["prompt_eval_duration"],
         eval_count=done["eval_count"],
         eval_duration=done["eval_duration"],
     )
+    if job.kind == "generate" and logprobs:
+        obj["logprobs"] = logprobs
     return obj
 
 
@@ -266,9 +295,12 @@ class _ReleasingStream(StreamingResponse):
 async def run(job: Job, engine: Engine, request: Request) -> Response:
     """Wait for the model, then answer: one JSON object, or NDJSON lines as the text is made."""
     stack = AsyncExitStack()
+    scheduled_ns = time.perf_counter_ns()
     runner = await stack.enter_async_context(engine.scheduler.use(job.model, job.keep_alive, job.num_ctx))
-    # As in Ollama, load_duration is the time until the model was ready for us: queueing plus loading.
-    load_ns = time.perf_counter_ns() - job.started_ns
+    # As in Ollama, load_duration runs until a loaded model is there for this request: it includes
+    # loading (ours, or another request's we waited for) but not the wait behind other requests'
+    # generations on a model already loaded (Ollama waits for the runner's slot after that point).
+    load_ns = max(runner.ready_ns, scheduled_ns) - job.started_ns
     try:
         if job.load_only:
             await stack.aclose()
@@ -294,19 +326,21 @@ async def run(job: Job, engine: Engine, request: Request) -> Response:
             with contextlib.suppress(asyncio.CancelledError):
                 await collecting
             return Response(status_code=499)  # nobody is listening; Ollama logs 499 too
-        texts, last = collecting.result()
+        texts, logprobs, last = collecting.result()
         if last["ev"] == "error":
             raise APIError(last["status"], last["message"])
-        return JSONResponse(final(job, "".join(texts), last, load_ns))
+        return JSONResponse(final(job, "".join(texts), last, load_ns, logprobs))
 
 
-async def _collect(events: AsyncIterator[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+async def _collect(events: AsyncIterator[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
     texts: list[str] = []
+    logprobs: list[dict[str, Any]] = []
     async for event in events:
         if event["ev"] == "piece":
             texts.append(event["text"])
+            logprobs += event.get("logprobs", [])
         elif event["ev"] in ("done", "error"):
-            return texts, event
+            return texts, logprobs, event
     raise APIError(500, "the runner ended the job without an answer")
 
 
@@ -319,7 +353,7 @@ async def _ndjson(first: dict[str, Any], events: AsyncIterator[dict[str, Any]], 
 
     async for event in all_events():
         if event["ev"] == "piece":
-            yield ndjson_line(chunk(job.kind, job.name, event["text"]))
+            yield ndjson_line(chunk(job.kind, job.name, event["text"], event.get("logprobs")))
         elif event["ev"] == "done":
             yield ndjson_line(final(job, "", event, load_ns))
             return

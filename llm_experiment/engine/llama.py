@@ -8,6 +8,7 @@ child process the server can kill and replace (see :mod:`.runner`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_c
+import numpy as np
 
 from .options import Options, clamp_num_keep, clamp_repeat_last_n, clamp_top_k, normalize_seed
 from .textstream import TextStream
@@ -113,8 +115,9 @@ class Generation:
 
     prompt_tokens: list[int]
     output_tokens: list[int] = field(default_factory=list)
-    prompt_eval_count: int = 0
-    prompt_eval_duration: int = 0
+    prompt_eval_count: int = 0  # the whole prompt, as current Ollama counts it
+    prompt_eval_cached_count: int = 0  # of which reused from the previous request's cache
+    prompt_eval_duration: int = 0  # evaluating the rest
     eval_count: int = 0
     eval_duration: int = 0
     done_reason: str = "stop"  # stop (end of text or a stop string), length (num_predict or context full)
@@ -154,21 +157,23 @@ class LlamaModel:
 
     # generation ----------------------------------------------------------------------------
 
-    def generate(self, prompt: list[int], opts: Options, emit: Callable[[str], None], cancelled: Callable[[], bool],
-                 grammar: llama_cpp.LlamaGrammar | None = None,
-                 progress: Callable[[], None] = lambda: None) -> Generation:
-        """Evaluate ``prompt``, then sample tokens, calling ``emit`` with each new piece of text.
+    def generate(self, prompt: list[int], opts: Options, emit: Callable[[str, list[dict[str, Any]]], None],
+                 cancelled: Callable[[], bool], grammar: llama_cpp.LlamaGrammar | None = None,
+                 progress: Callable[[], None] = lambda: None, logprobs: int | None = None) -> Generation:
+        """Evaluate ``prompt``, then sample tokens, calling ``emit(text, logprobs)`` with each new piece of text.
 
         Stops at an end-of-generation token or a stop string (``stop``), after ``num_predict``
         tokens or when the context is full (``length``), or when ``cancelled()`` turns true.
         ``progress`` is called after each chunk of the prompt, so a supervisor sees we are alive.
+        With ``logprobs`` (the number of alternatives wanted, 0-20), each piece comes with the
+        entries of the tokens it holds (see :meth:`_logprob`); otherwise that list is empty.
         """
         llm = self.llm
         prompt = self._fit(prompt, opts)
-        result = Generation(prompt_tokens=prompt)
+        result = Generation(prompt_tokens=prompt, prompt_eval_count=len(prompt))
 
         start = time.perf_counter_ns()
-        result.prompt_eval_count = self._prefill(prompt, progress, cancelled)
+        result.prompt_eval_cached_count = len(prompt) - self._prefill(prompt, progress, cancelled)
         prompt_done = time.perf_counter_ns()
         result.prompt_eval_duration = prompt_done - start
 
@@ -182,6 +187,7 @@ class LlamaModel:
         )
         text = TextStream(opts.stop)
         limit = opts.num_predict if opts.num_predict >= 0 else None
+        entries: list[dict[str, Any]] = []  # logprobs of tokens whose text has not been sent yet
         try:
             while True:
                 if cancelled():
@@ -195,9 +201,12 @@ class LlamaModel:
                     break
                 result.eval_count += 1
                 result.output_tokens.append(token)
+                if logprobs is not None:
+                    entries.append(self._logprob(token, logprobs))  # before eval() replaces the logits
                 piece = text.feed(llm.detokenize([token]))
                 if piece:
-                    emit(piece)
+                    emit(piece, entries)
+                    entries = []
                 if text.stopped:
                     break
                 if llm.n_tokens >= self.num_ctx:
@@ -205,12 +214,35 @@ class LlamaModel:
                     break
                 llm.eval([token])
             rest = text.flush()
-            if rest and not result.cancelled:
-                emit(rest)
+            if (rest or entries) and not result.cancelled:
+                emit(rest, entries)
         finally:
             sampler.close() if hasattr(sampler, "close") else None
         result.eval_duration = time.perf_counter_ns() - prompt_done
         return result
+
+    def _logprob(self, token: int, top: int) -> dict[str, Any]:
+        """Ollama's logprob entry for ``token`` just sampled: ``{token, logprob, bytes, top_logprobs}``.
+
+        As llama-server computes them for Ollama (``n_probs``): the log-softmax of the model's raw
+        logits at this position, before temperature or any other sampler changes them.
+        """
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1), shape=(self.n_vocab,))
+        peak = float(logits.max())
+        log_total = peak + math.log(float(np.exp(logits - peak).sum()))
+        entry = self._token_entry(token, float(logits[token]) - log_total)
+        if top > 0:
+            best = np.argpartition(logits, -top)[-top:]
+            best = best[np.argsort(logits[best])[::-1]]
+            entry["top_logprobs"] = [self._token_entry(int(t), float(logits[t]) - log_total) for t in best]
+        return entry
+
+    def _token_entry(self, token: int, logprob: float) -> dict[str, Any]:
+        text = self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+        entry: dict[str, Any] = {"token": text, "logprob": logprob}
+        if text:
+            entry["bytes"] = list(text.encode())  # as Ollama: the bytes of the token's text
+        return entry
 
     def _fit(self, prompt: list[int], opts: Options) -> list[int]:
         """Cut a prompt longer than the context as Ollama does: keep the first ``num_keep`` tokens and the end."""

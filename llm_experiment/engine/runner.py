@@ -186,6 +186,7 @@ class Runner:
         self.num_ctx = num_ctx
         self.load_duration = 0
         self.n_vocab = 0
+        self.ready_ns = 0  # time.perf_counter_ns() when the model was loaded
         self._next_id = 0
 
     @classmethod
@@ -209,6 +210,7 @@ class Runner:
             raise APIError(500, f"llama runner process has terminated: {message}")
         runner.load_duration = event["load_duration"]
         runner.n_vocab = event["n_vocab"]
+        runner.ready_ns = time.perf_counter_ns()
         return runner
 
     @property

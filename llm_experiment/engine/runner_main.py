@@ -9,7 +9,7 @@ and talks to it in JSON lines over two pipes:
     runner -> server   {"ev": "loaded", "load_duration", "n_vocab"}
                        {"ev": "phase", "id", "phase": "grammar"}       slow native work starts: a short deadline
                        {"ev": "progress", "id"}                         still working (prompt chunks)
-                       {"ev": "piece", "id", "text"}                    generated text
+                       {"ev": "piece", "id", "text", "logprobs"?}      generated text (logprobs if asked)
                        {"ev": "done", "id", ...counts and durations}    the end of a generation
                        {"ev": "error", "id", "status", "message"}      a request the model cannot run
 
@@ -146,13 +146,16 @@ def _run(model: Any, job: dict[str, Any], channel: Channel) -> None:
         return
     channel.send({"ev": "progress", "id": jid})
 
-    def emit(text: str) -> None:
-        channel.send({"ev": "piece", "id": jid, "text": text})
+    def emit(text: str, logprobs: list[dict[str, Any]]) -> None:
+        event: dict[str, Any] = {"ev": "piece", "id": jid, "text": text}
+        if logprobs:
+            event["logprobs"] = logprobs
+        channel.send(event)
 
     def progress() -> None:
         channel.send({"ev": "progress", "id": jid})
 
-    gen = model.generate(prompt, opts, emit, channel.cancel.is_set, grammar, progress)
+    gen = model.generate(prompt, opts, emit, channel.cancel.is_set, grammar, progress, job.get("logprobs"))
     done = {k: v for k, v in asdict(gen).items() if k not in ("prompt_tokens", "output_tokens")}
     if job.get("context_out"):
         done["context"] = gen.prompt_tokens + gen.output_tokens
