@@ -31,7 +31,6 @@ import re
 import shutil
 import socket
 import statistics
-import struct
 import sys
 import tempfile
 import threading
@@ -47,9 +46,12 @@ import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# tests/ too: the hostile GGUF files are made by tests/hostile_gguf.py, shared with tests/test_engine_hostile.py
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from hostile_gguf import HOSTILE_GGUFS, bundled_metadata, renamed, write_gguf  # noqa: E402
 
 from llm_experiment.embedded import EmbeddedServer  # noqa: E402
-from llm_experiment.engine.models import bundled_gguf  # noqa: E402
 
 MODEL = "smollm2:135m"
 DOCUMENTED_500 = re.compile(
@@ -336,72 +338,15 @@ class Fuzzer:
 
 # --- hand-made reproducers --------------------------------------------------------------------------------------------
 
-_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-
-def _gguf_string(data: bytes) -> bytes:
-    return struct.pack("<Q", len(data)) + data
-
-
-def read_metadata(path: Path) -> list[tuple[str, int, bytes]]:
-    """The metadata of a trusted GGUF file, values kept as raw bytes."""
-    data = path.read_bytes()[: 8 << 20]
-    n_kv, pos = struct.unpack_from("<Q", data, 16)[0], 24
-
-    def skip(kind: int, pos: int) -> int:
-        if kind == 8:
-            return pos + 8 + struct.unpack_from("<Q", data, pos)[0]
-        if kind == 9:
-            element, n = struct.unpack_from("<IQ", data, pos)
-            pos += 12
-            if element in _SCALAR_BYTES:
-                return pos + n * _SCALAR_BYTES[element]
-            for _ in range(n):
-                pos = skip(element, pos)
-            return pos
-        return pos + _SCALAR_BYTES[kind]
-
-    kvs = []
-    for _ in range(n_kv):
-        size = struct.unpack_from("<Q", data, pos)[0]
-        key = data[pos + 8: pos + 8 + size].decode()
-        kind = struct.unpack_from("<I", data, pos + 8 + size)[0]
-        start = pos + 12 + size
-        pos = skip(kind, start)
-        kvs.append((key, kind, data[start:pos]))
-    return kvs
-
-
-def write_gguf(kvs: list[tuple[str, int, bytes]], edits: dict[str, bytes] | None = None) -> bytes:
-    edits = edits or {}
-    parts = [b"GGUF", struct.pack("<IQQ", 3, 0, len(kvs))]
-    for key, kind, raw in kvs:
-        parts += [_gguf_string(key.encode()), struct.pack("<I", kind), edits.get(key, raw)]
-    return b"".join(parts)
-
-
 def hostile_ggufs() -> dict[str, bytes]:
-    kvs = read_metadata(bundled_gguf())
-    raw = dict((k, v) for k, _, v in kvs)
-    tokens_raw = raw["tokenizer.ggml.tokens"]
-    _, n = struct.unpack_from("<IQ", tokens_raw)
-    pos, tokens = 12, []
-    for _ in range(n):
-        size = struct.unpack_from("<Q", tokens_raw, pos)[0]
-        tokens.append(tokens_raw[pos + 8: pos + 8 + size])
-        pos += 8 + size
-    tokens[300] = b"\xff\xfe\x80"
-    whole = write_gguf(kvs)
-    return {
-        "nan-metadata": write_gguf(kvs, {"llama.attention.layer_norm_rms_epsilon": struct.pack("<f", float("nan"))}),
-        "invalid-token": write_gguf(kvs, {"tokenizer.ggml.tokens": struct.pack("<IQ", 8, n)
-                                          + b"".join(_gguf_string(t) for t in tokens)}),
-        "truncated": whole[: len(whole) // 2],
-        "short-token-types": write_gguf(kvs, {"tokenizer.ggml.token_type": struct.pack("<IQ", 5, 10)
-                                              + raw["tokenizer.ggml.token_type"][12:52]}),
-        "no-weights": write_gguf(kvs, {"general.name": _gguf_string(b"bench no weights")}),
-        "not-gguf": b"GGML" + bytes(100),
-    }
+    """The hostile GGUF files of tests/hostile_gguf.py under this report's labels, and two more."""
+    kvs = bundled_metadata()
+    labels = {"nan": "nan-metadata", "bad-token": "invalid-token", "truncated": "truncated",
+              "short-token-types": "short-token-types"}
+    files = {labels[name]: make(kvs) for name, (make, _) in HOSTILE_GGUFS.items()}
+    files["no-weights"] = write_gguf(renamed(kvs, "bench no weights"))
+    files["not-gguf"] = b"GGML" + bytes(100)
+    return files
 
 
 def hand_made(engine: Engine, tally: Tally) -> None:

@@ -13,20 +13,17 @@ import hashlib
 import json
 import re
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
 import pytest
 import requests
+from hostile_gguf import HOSTILE_GGUFS, KV, bundled_metadata, renamed, write_gguf
 from support import MODEL, RunningEngine, start_engine
-
-from llm_experiment.engine.models import bundled_gguf
 
 SHORT = {"temperature": 0, "seed": 1, "num_predict": 2}
 #: Greedy counting runs on and on: a generation that stays busy until it is stopped.
@@ -125,91 +122,7 @@ def timed(call: Callable[[], requests.Response]) -> tuple[requests.Response, flo
     return response, start, time.monotonic()
 
 
-# --- hand-made GGUF files ------------------------------------------------------------------------------------
-
-_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
-KV = tuple[str, int, bytes]  # key, GGUF value type, the value's bytes as stored
-
-
-def _gguf_string(data: bytes) -> bytes:
-    return struct.pack("<Q", len(data)) + data
-
-
-def read_metadata(path: Path) -> list[KV]:
-    """The metadata of a (trusted) GGUF file, each value kept as its raw bytes."""
-    data = path.read_bytes()[: 8 << 20]  # SmolLM2's metadata is 1.7 MB
-    n_kv, pos = struct.unpack_from("<Q", data, 16)[0], 24
-
-    def skip(kind: int, pos: int) -> int:
-        if kind == _STRING:
-            return pos + 8 + struct.unpack_from("<Q", data, pos)[0]
-        if kind == _ARRAY:
-            element, n = struct.unpack_from("<IQ", data, pos)
-            pos += 12
-            if element in _SCALAR_BYTES:
-                return pos + n * _SCALAR_BYTES[element]
-            for _ in range(n):
-                pos = skip(element, pos)
-            return pos
-        return pos + _SCALAR_BYTES[kind]
-
-    kvs = []
-    for _ in range(n_kv):
-        size = struct.unpack_from("<Q", data, pos)[0]
-        key = data[pos + 8: pos + 8 + size].decode()
-        kind = struct.unpack_from("<I", data, pos + 8 + size)[0]
-        start = pos + 12 + size
-        pos = skip(kind, start)
-        kvs.append((key, kind, data[start:pos]))
-    return kvs
-
-
-def write_gguf(kvs: list[KV]) -> bytes:
-    """A GGUF v3 file with this metadata and no tensors (llama.cpp can load its vocabulary, not run it)."""
-    parts = [b"GGUF", struct.pack("<IQQ", 3, 0, len(kvs))]
-    for key, kind, raw in kvs:
-        parts += [_gguf_string(key.encode()), struct.pack("<I", kind), raw]
-    return b"".join(parts)
-
-
-def replace(kvs: list[KV], key: str, edit: Callable[[bytes], bytes]) -> list[KV]:
-    assert key in [k for k, _, _ in kvs]
-    return [(k, kind, edit(raw) if k == key else raw) for k, kind, raw in kvs]
-
-
-def _with_bad_token(raw: bytes) -> bytes:
-    """The token list with token 300 made of bytes that are not UTF-8."""
-    _, n = struct.unpack_from("<IQ", raw)
-    pos, tokens = 12, []
-    for _ in range(n):
-        size = struct.unpack_from("<Q", raw, pos)[0]
-        tokens.append(raw[pos + 8: pos + 8 + size])
-        pos += 8 + size
-    tokens[300] = b"\xff\xfe\x80"
-    return struct.pack("<IQ", _STRING, n) + b"".join(_gguf_string(t) for t in tokens)
-
-
-def _first_half(data: bytes) -> bytes:
-    return data[: len(data) // 2]
-
-
-def _renamed(kvs: list[KV], name: str) -> list[KV]:
-    """The same metadata under another general.name: another file, another digest."""
-    return replace(kvs, "general.name", lambda _: _gguf_string(name.encode()))
-
-
-HOSTILE_GGUFS: dict[str, tuple[Callable[[list[KV]], bytes], str]] = {
-    # name: (the file, a regular expression its refusal must match)
-    "nan": (lambda kvs: write_gguf(replace(kvs, "llama.attention.layer_norm_rms_epsilon",
-                                           lambda _: struct.pack("<f", float("nan")))), "NaN"),
-    "bad-token": (lambda kvs: write_gguf(replace(kvs, "tokenizer.ggml.tokens", _with_bad_token)), "UTF-8"),
-    "truncated": (lambda kvs: _first_half(write_gguf(kvs)), "file ends|more than the file holds"),
-    # passes the Python checks; llama.cpp itself refuses 10 token types for 49,152 tokens
-    "short-token-types": (lambda kvs: write_gguf(replace(kvs, "tokenizer.ggml.token_type",
-                                                         lambda raw: struct.pack("<IQ", 5, 10) + raw[12:52])),
-                          "llama.cpp"),
-}
+# --- hand-made GGUF files (made in hostile_gguf.py) ----------------------------------------------------------
 
 
 def upload(url: str, data: bytes) -> str:
@@ -228,7 +141,7 @@ def create_from_file(url: str, name: str, digest: str) -> requests.Response:
 
 @pytest.fixture(scope="module")
 def metadata() -> list[KV]:
-    return read_metadata(bundled_gguf())
+    return bundled_metadata()
 
 
 @pytest.fixture(scope="module")
@@ -526,7 +439,7 @@ def test_a_hostile_gguf_is_refused_at_create(private, metadata, variant):
 
 def test_a_gguf_that_passes_the_checks_but_has_no_weights_fails_only_its_own_request(private, metadata):
     url = private.url
-    created = create_from_file(url, "hostile-no-weights", upload(url, write_gguf(_renamed(metadata, "no weights"))))
+    created = create_from_file(url, "hostile-no-weights", upload(url, write_gguf(renamed(metadata, "no weights"))))
     assert created.status_code == 200 and created.json() == {"status": "success"}, created.text
     r = post(url, "/api/generate", {"model": "hostile-no-weights", "prompt": "Hi", "stream": False,
                                     "options": SHORT}, timeout=120)
@@ -537,11 +450,11 @@ def test_a_gguf_that_passes_the_checks_but_has_no_weights_fails_only_its_own_req
 
 def test_a_delete_never_removes_an_upload_waiting_for_its_create(private, metadata):
     url = private.url
-    shared = write_gguf(_renamed(metadata, "shared weights"))
+    shared = write_gguf(renamed(metadata, "shared weights"))
     digest = upload(url, shared)
     assert create_from_file(url, "hostile-keep-a", digest).status_code == 200
     upload(url, shared)  # sent again for a second model, whose create comes after the delete below
-    waiting = upload(url, write_gguf(_renamed(metadata, "waiting weights")))  # no model uses it yet
+    waiting = upload(url, write_gguf(renamed(metadata, "waiting weights")))  # no model uses it yet
     assert requests.delete(url + "/api/delete", json={"model": "hostile-keep-a"}, timeout=30).status_code == 200
     for blob in (digest, waiting):
         assert requests.head(f"{url}/api/blobs/{blob}", timeout=10).status_code == 200, blob
