@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llm_experiment.engine import gotemplate
 from llm_experiment.engine.gotemplate import (
@@ -17,7 +19,7 @@ from llm_experiment.engine.gotemplate import (
     parse,
     render_conversation,
 )
-from llm_experiment.engine.prompt import CHATML_TEMPLATE, render_chatml
+from llm_experiment.engine.prompt import CHATML_TEMPLATE, render
 
 
 def msg(role: str, content: str) -> dict[str, str]:
@@ -186,40 +188,50 @@ def test_with_messages_there_is_no_prompt():
     assert render_conversation("{{ range .Messages }}{{ end }}{{ .Prompt }}", "", USER) == "<no value>"
 
 
-@pytest.mark.parametrize("messages", [
-    USER, USER_ASSISTANT_USER, SYSTEM_USER_ASSISTANT_USER, [msg("user", "a"), msg("user", "b")],
-    [msg("system", "A"), msg("system", "B"), *USER], [*USER, msg("assistant", "partial")], [],
-])
-def test_chatml_template_renders_as_render_chatml(messages: list[dict[str, str]]):
-    assert render_conversation(CHATML_TEMPLATE, "", messages) == render_chatml(messages)
+# ------------------------------------------------------------------- the engine's default template
+OPEN = "<|im_start|>assistant\n"  # where the model's answer begins
 
 
-@pytest.mark.parametrize("messages", [
-    pytest.param([msg("user", "weather?"), msg("tool", "Paris: 21C")], marks=pytest.mark.xfail(
-        strict=True, reason="CHATML_TEMPLATE prints .Role, <|im_start|>tool; render_chatml writes <|im_start|>user")),
-    pytest.param([msg("user", "a"), msg("system", "s"), msg("user", "b")], marks=pytest.mark.xfail(
-        strict=True, reason="Ollama's collate keeps the system message between the two user messages, so they "
-                            "stay apart; render_chatml drops it first and merges them")),
-])
-def test_chatml_template_and_render_chatml_still_differ_on(messages: list[dict[str, str]]):
-    assert render_conversation(CHATML_TEMPLATE, "", messages) == render_chatml(messages)
+@pytest.mark.parametrize(("messages", "expected"), [
+    (USER, "<|im_start|>user\nHello, how are you?<|im_end|>\n" + OPEN),
+    (SYSTEM_USER_ASSISTANT_USER,
+     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHello, how are you?<|im_end|>\n"
+     "<|im_start|>assistant\nI'm doing great. How can I help you today?<|im_end|>\n"
+     "<|im_start|>user\nI'd like to show off how chat templating works!<|im_end|>\n" + OPEN),
+    ([msg("user", "a"), msg("user", "b")], "<|im_start|>user\na\n\nb<|im_end|>\n" + OPEN),
+    ([msg("system", "A"), msg("system", "B"), *USER],
+     "<|im_start|>system\nA\n\nB<|im_end|>\n<|im_start|>user\nHello, how are you?<|im_end|>\n" + OPEN),
+    ([*USER, msg("assistant", "partial")],  # an answer begun is left open, to be continued
+     "<|im_start|>user\nHello, how are you?<|im_end|>\n<|im_start|>assistant\npartial"),
+    ([], OPEN),
+    # A tool result is a user turn, as in Ollama's smollm2 template (it once rendered as <|im_start|>tool).
+    ([msg("user", "weather?"), msg("tool", "Paris: 21C"), msg("tool", "Rome: 25C")],
+     "<|im_start|>user\nweather?<|im_end|>\n<|im_start|>user\n<tool_response>\nParis: 21C\n</tool_response><|im_end|>\n"
+     "<|im_start|>user\n<tool_response>\nRome: 25C\n</tool_response><|im_end|>\n" + OPEN),
+    # A system message goes on top; in place it keeps the user messages around it apart (Ollama's collate).
+    ([msg("user", "a"), msg("system", "s"), msg("user", "b")],
+     "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\na<|im_end|>\n<|im_start|>user\nb<|im_end|>\n" + OPEN),
+    ([msg("user", "a"), msg("assistant", "b"), msg("system", "s")],  # a message after an answer closes it
+     "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n" + OPEN),
+], ids=["user", "conversation", "merged", "systems", "continued", "empty", "tools", "system-between", "system-last"])
+def test_the_engine_renders_exactly_what_chatml_template_gives(messages: list[dict[str, str]], expected: str):
+    """What /api/show reports for a model without TEMPLATE is what the runner renders with."""
+    assert render_conversation(CHATML_TEMPLATE, "", messages) == expected
+    assert render("", messages) == expected
+    assert render(CHATML_TEMPLATE, messages) == expected
 
 
-# This variant also writes tool results as render_chatml does.
-CHATML_TOOL_AS_USER = """{{- if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
-{{ end }}
-{{- range .Messages }}{{ if ne .Role "system" }}<|im_start|>{{ if eq .Role "tool" }}user{{ else }}{{ .Role }}{{ end }}
-{{ .Content }}<|im_end|>
-{{ end }}{{ end }}<|im_start|>assistant
-"""
-
-
-@pytest.mark.parametrize("messages", [
-    SYSTEM_USER_ASSISTANT_USER, [msg("user", "weather?"), msg("tool", "Paris: 21C"), msg("tool", "Rome: 25C")],
-])
-def test_a_chatml_template_writing_tool_results_as_user_matches_render_chatml(messages: list[dict[str, str]]):
-    assert render_conversation(CHATML_TOOL_AS_USER, "", messages) == render_chatml(messages)
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.builds(msg, st.sampled_from(["system", "user", "assistant", "tool", "other"]),
+                          st.sampled_from(["", "a", "b\n", "\n\n"])), max_size=8))
+def test_chatml_template_renders_as_ollamas_smollm2_template(messages: list[dict[str, str]]):
+    """Byte for byte, except the <|im_end|> that Ollama's template leaves out after the system text."""
+    ours, theirs = render_conversation(CHATML_TEMPLATE, "", messages), render_conversation(SMOLLM2, "", messages)
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    if system:
+        assert theirs.startswith(f"<|im_start|>system\n{system}\n")
+        theirs = f"<|im_start|>system\n{system}<|im_end|>\n" + theirs.removeprefix(f"<|im_start|>system\n{system}\n")
+    assert ours == theirs
 
 
 # ------------------------------------------------------------------------------ the language itself
@@ -502,7 +514,7 @@ def test_a_budget_can_be_smaller_and_is_shared_by_the_turns_of_a_legacy_template
 
 
 @pytest.mark.timeout(20)
-@pytest.mark.parametrize("template", [CHATML, SMOLLM2, LLAMA3, LEGACY_CHATML, MISTRAL_TEMPLATES[2]])
+@pytest.mark.parametrize("template", [CHATML, SMOLLM2, LLAMA3, LEGACY_CHATML, MISTRAL_TEMPLATES[2], CHATML_TEMPLATE])
 def test_a_long_conversation_renders_well_within_the_budget(template: str):
     messages = [msg("user" if i % 2 == 0 else "assistant", f"Message number {i}. " * 20) for i in range(2000)]
     budget = Budget()

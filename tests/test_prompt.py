@@ -1,11 +1,16 @@
-"""The prompt the model sees: ChatML rendering, collating messages, dropping old ones to fit num_ctx."""
+"""The prompt the model sees: render() through the Go template, dropping old messages to fit num_ctx."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_experiment.engine.prompt import collate, fit_messages, render_chatml
+from llm_experiment.engine.gotemplate import MAX_STEPS, Budget, TemplateError, render_conversation
+from llm_experiment.engine.models import SMOLLM2_SYSTEM
+from llm_experiment.engine.prompt import CHATML_TEMPLATE, fit_messages, render
 
 
 def msg(role: str, content: str) -> dict[str, str]:
@@ -17,14 +22,24 @@ def words(text: str) -> int:
     return len(text.split())
 
 
+def chatml(messages: list[dict[str, str]]) -> str:
+    return render("", messages)
+
+
 def test_render_one_user_message():
-    assert render_chatml([msg("user", "hi")]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert render("", [msg("user", "hi")]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_the_smollm2_default_system_prompt_renders_as_it_always_has():
+    """The bundled model's SYSTEM, put first by completion.chat when a chat has none: pinned byte for byte."""
+    assert render("", [msg("system", SMOLLM2_SYSTEM), msg("user", "hi")]) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_render_a_conversation_with_a_system_prompt():
     messages = [msg("system", "Be brief."), msg("user", "2+2?"), msg("assistant", "4"), msg("user", "3+3?")]
-    prompt = render_chatml(messages)
-    assert prompt == (
+    assert render("", messages) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n"
         "<|im_start|>user\n2+2?<|im_end|>\n"
         "<|im_start|>assistant\n4<|im_end|>\n"
@@ -33,22 +48,48 @@ def test_render_a_conversation_with_a_system_prompt():
     )
 
 
-def test_collate_joins_system_messages_and_merges_same_role_neighbours():
-    system, turns = collate([msg("system", "A"), msg("user", "u1"), msg("user", "u2"), msg("system", "B"),
-                             msg("assistant", "a1")])
-    assert system == "A\n\nB"
-    assert turns == [msg("user", "u1\n\nu2"), msg("assistant", "a1")]
+def test_system_messages_are_joined_on_top_and_same_role_neighbours_merged():
+    messages = [msg("system", "A"), msg("user", "u1"), msg("user", "u2"), msg("system", "B"), msg("assistant", "a1"),
+                msg("user", "u3")]
+    assert render("", messages) == (
+        "<|im_start|>system\nA\n\nB<|im_end|>\n<|im_start|>user\nu1\n\nu2<|im_end|>\n"
+        "<|im_start|>assistant\na1<|im_end|>\n<|im_start|>user\nu3<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_collate_does_not_change_its_input():
+def test_render_does_not_change_its_input():
     messages = [msg("user", "u1"), msg("user", "u2")]
-    collate(messages)
+    render("", messages)
     assert messages == [msg("user", "u1"), msg("user", "u2")]
 
 
 def test_tool_results_stay_separate():
-    _, turns = collate([msg("user", "weather?"), msg("tool", "Paris: 21C"), msg("tool", "Rome: 25C")])
-    assert turns == [msg("user", "weather?"), msg("tool", "Paris: 21C"), msg("tool", "Rome: 25C")]
+    prompt = render("", [msg("user", "weather?"), msg("tool", "Paris: 21C"), msg("tool", "Rome: 25C")])
+    assert prompt.count("<tool_response>") == 2
+
+
+def test_a_model_template_is_used_when_there_is_one():
+    assert render("{{ range .Messages }}{{ .Role }}:{{ .Content }};{{ end }}", [msg("user", "hi")]) == "user:hi;"
+    with pytest.raises(TemplateError):
+        render("{{ .Content.Missing.Field }}", [msg("user", "hi")])
+
+
+def test_rendering_2000_messages_is_quick():
+    messages = [msg("system", "Be brief.")] + [msg("user" if i % 2 == 0 else "assistant", f"Message number {i}. " * 5)
+                                               for i in range(2000)]
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        render("", messages)
+        best = min(best, time.process_time() - started)
+    assert best < 0.1  # about 10 ms here
+
+
+def test_the_longest_chat_a_request_can_hold_renders_within_the_budget():
+    """A body holds at most 100,000 keys (state.MAX_KEYS): some 50,000 messages with role and content."""
+    messages = [msg("user" if i % 2 == 0 else "assistant", "x") for i in range(50_000)]
+    budget = Budget()
+    render_conversation(CHATML_TEMPLATE, "", messages, budget=budget)
+    assert budget.steps < MAX_STEPS
 
 
 CHAT = [msg("system", "Be brief."), msg("user", "one two three"), msg("assistant", "four five"),
@@ -65,12 +106,36 @@ def test_the_latest_message_is_kept_even_when_nothing_fits():
 
 def test_oldest_messages_are_dropped_first():
     without_first_turn = [CHAT[0], CHAT[2], CHAT[3]]
-    num_ctx = words(render_chatml(without_first_turn))  # room for exactly these
-    assert words(render_chatml(CHAT)) > num_ctx
+    num_ctx = words(chatml(without_first_turn))  # room for exactly these
+    assert words(chatml(CHAT)) > num_ctx
     assert fit_messages(CHAT, num_ctx, words) == without_first_turn
 
 
-roles = st.sampled_from(["system", "user", "assistant"])
+def test_fit_uses_the_given_render():
+    calls: list[int] = []
+
+    def count(text: str) -> int:
+        calls.append(len(text))
+        return len(text)
+
+    assert fit_messages(CHAT, 10**6, count, lambda ms: "".join(m["content"] for m in ms)) == CHAT
+    assert calls == [len("Be brief.one two threefour fivesix seven eight nine")]  # all fit: one render only
+
+
+def test_a_window_too_long_to_render_does_not_fit():
+    chat = [msg("user" if i % 2 == 0 else "assistant", "") for i in range(1000)]
+
+    def small_budget(messages: list[dict[str, str]]) -> str:
+        return render_conversation(CHATML_TEMPLATE, "", messages, budget=Budget(max_steps=1000))
+
+    kept = fit_messages(chat, 10**6, words, small_budget)
+    assert 1 < len(kept) < len(chat) and kept[-1] is chat[-1]
+    small_budget(kept)
+    with pytest.raises(TemplateError, match="too much work"):
+        small_budget(chat[-len(kept) - 1:])
+
+
+roles = st.sampled_from(["system", "user", "assistant", "tool"])
 conversations = st.lists(st.builds(msg, roles, st.text("ab ", max_size=12)), min_size=1, max_size=8)
 
 
@@ -89,6 +154,6 @@ def test_fit_keeps_the_longest_suffix_that_fits(messages, num_ctx):
     start = next(i for i in range(len(messages)) if same(window(i), kept))  # kept is some window
     assert kept[-1] is messages[-1]
     if not same(kept, window(len(messages) - 1)):  # more than the latest message: it must fit
-        assert words(render_chatml(kept)) <= num_ctx
+        assert words(chatml(kept)) <= num_ctx
     if start > 0:  # one more message would not fit
-        assert words(render_chatml(window(start - 1))) > num_ctx
+        assert words(chatml(window(start - 1))) > num_ctx

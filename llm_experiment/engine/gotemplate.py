@@ -48,6 +48,10 @@ class TemplateError(ValueError):
     """The template is malformed, uses something not supported here, or failed while executing."""
 
 
+class BudgetError(TemplateError):
+    """An execution went past its Budget: too many steps or too much output."""
+
+
 # The syntax tree has the shapes of Go's own (text/template/parse), because Ollama edits that tree
 # (see _cut_after_response) and the edit is only copied exactly on the same shapes.
 Text = namedtuple("Text", "text")
@@ -285,7 +289,7 @@ class Budget:
     """The work left to one rendering: steps (nodes run, loop turns, values looked up) and output characters.
 
     ``Template.execute`` makes a new one unless given one; ``render_conversation`` shares one among
-    the executions of a chat. Going past either limit raises TemplateError.
+    the executions of a chat. Going past either limit raises BudgetError (a TemplateError).
     """
 
     def __init__(self, max_steps: int | None = None, max_output: int | None = None):
@@ -296,13 +300,13 @@ class Budget:
     def spend(self, steps: int = 1) -> None:
         self.steps += steps
         if self.steps > self.max_steps:
-            raise TemplateError(f"template does too much work: more than {self.max_steps:,} steps "
-                                "(nodes run, loop turns and values looked up)")
+            raise BudgetError(f"template does too much work: more than {self.max_steps:,} steps "
+                              "(nodes run, loop turns and values looked up)")
 
     def write(self, out: list[str], text: str) -> None:
         self.output += len(text)
         if self.output > self.max_output:
-            raise TemplateError(f"template does too much work: its output passes {self.max_output:,} characters")
+            raise BudgetError(f"template does too much work: its output passes {self.max_output:,} characters")
         out.append(text)
 
 
@@ -359,21 +363,29 @@ class _Execution:
         self.budget, self.variables, self.out = budget, variables, []
 
     def run(self, nodes: tuple[Any, ...], dot: Any) -> None:
-        variables, spend = self.variables, self.budget.spend
-        for node in nodes:
-            spend()
-            mark = len(variables)
-            if isinstance(node, Text):
-                self.budget.write(self.out, node.text)
-            elif isinstance(node, Action):
+        variables, budget, write = self.variables, self.budget, self.budget.write
+        for node in nodes:  # (this loop runs for every node of every turn: it avoids calls where it can)
+            budget.steps += 1
+            if budget.steps > budget.max_steps:
+                budget.spend(0)  # raises
+            kind = type(node)
+            if kind is Text:
+                budget.output += len(node.text)
+                if budget.output > budget.max_output:
+                    write(self.out, "")  # raises
+                self.out.append(node.text)
+            elif kind is Action:
                 value = self.pipe(node.pipe, dot)
                 if not node.pipe.decl:
-                    self.budget.write(self.out, self.print(value))
-            elif isinstance(node, If):
-                branch = node.body if _truth(self.pipe(node.pipe, dot)) else node.else_body
-                self.run(branch or (), dot)
+                    write(self.out, value if type(value) is str else self.print(value))
+            elif kind is If:
+                mark = len(variables)
+                value = self.pipe(node.pipe, dot)
+                branch = node.body if (value if type(value) is bool else _truth(value)) else node.else_body
+                if branch:
+                    self.run(branch, dot)
                 del variables[mark:]
-            elif isinstance(node, Loop):
+            elif kind is Loop:
                 raise _Break() if node.word == "break" else _Continue()
             else:
                 self.range(node, dot)
@@ -389,8 +401,11 @@ class _Execution:
             pairs = list(enumerate(seq or ()))
         else:
             raise TemplateError(f"range can't iterate over {seq!r}")
+        budget = self.budget
         for key, elem in pairs:
-            self.budget.spend()
+            budget.steps += 1
+            if budget.steps > budget.max_steps:
+                budget.spend(0)  # raises
             if len(decl) == 2:  # range $i, $m := ...
                 variables += [(decl[0], key), (decl[1], elem)]
             elif decl:  # range $m := ...
@@ -408,10 +423,16 @@ class _Execution:
             del variables[mark:]
 
     def pipe(self, pipe: Pipe, dot: Any) -> Any:
-        value, variables = self.command(pipe.args, dot), self.variables
+        args = pipe.args
+        value = self.call(args[0].name, args[1:], dot) if type(args[0]) is Function else self.value(args[0], dot)
+        if not pipe.decl:
+            return value
+        variables = self.variables
         if pipe.assign:  # $x = value: change the newest $x
             self.budget.spend(len(variables) // 8)  # the search goes through the variables
-            i = max(i for i, (name, _) in enumerate(variables) if name == pipe.decl[0])
+            i = len(variables) - 1
+            while variables[i][0] != pipe.decl[0]:  # the parser saw it declared: it is there
+                i -= 1
             variables[i] = (pipe.decl[0], value)
         elif pipe.decl:  # $x := value
             variables.append((pipe.decl[0], value))
@@ -423,19 +444,29 @@ class _Execution:
         return self.value(args[0], dot)
 
     def value(self, node: Any, dot: Any) -> Any:
-        self.budget.spend()
-        if isinstance(node, Literal):
-            return node.value
-        if isinstance(node, Pipe):  # (parenthesized)
-            self.budget.spend()
-            return self.pipe(node, dot)
-        if isinstance(node, Function):  # a function given as an argument is called with no arguments
-            return self.call(node.name, (), dot)
-        if isinstance(node, Field):
+        budget = self.budget
+        budget.steps += 1
+        if budget.steps > budget.max_steps:
+            budget.spend(0)  # raises
+        kind = type(node)
+        if kind is Field:
+            if len(node.names) == 1 and type(dot) is dict:  # .Role, .Content: the common case
+                return dot.get(node.names[0])
             value = dot
+        elif kind is Literal:
+            return node.value
+        elif kind is Pipe:  # (parenthesized)
+            budget.spend()
+            return self.pipe(node, dot)
+        elif kind is Function:  # a function given as an argument is called with no arguments
+            return self.call(node.name, (), dot)
         else:
-            self.budget.spend(len(self.variables) // 8)  # the search goes through the variables
-            value = next((v for name, v in reversed(self.variables) if name == node.name), None)
+            budget.spend(len(self.variables) // 8)  # the search goes through the variables
+            value = None
+            for name, held in reversed(self.variables):
+                if name == node.name:
+                    value = held
+                    break
         for name in node.names:
             if isinstance(value, dict):
                 value = value.get(name)  # a missing key gives nil, which prints "<no value>"
@@ -463,7 +494,14 @@ class _Execution:
                 if _truth(value) != (name == "and"):
                     break
             return value
-        first, *rest = (self.value(arg, dot) for arg in args)
+        if name in ("eq", "ne") and len(args) == 2:  # the common case (eq .Role "user"), made quicker
+            first, other = self.value(args[0], dot), self.value(args[1], dot)
+            if type(first) is str and type(other) is str:
+                self.budget.spend((len(first) + len(other)) // _UNITS_PER_STEP)
+                return (first == other) == (name == "eq")
+            rest = [other]
+        else:
+            first, *rest = (self.value(arg, dot) for arg in args)
         if name == "not":
             return not _truth(first)
         if name in ("eq", "ne"):  # eq x a b: is x equal to a or to b
@@ -538,8 +576,8 @@ def _truth(value: Any) -> bool:
 def _collate(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """Ollama's ``collate``: all system texts joined by a blank line; neighbours of one role merged likewise.
 
-    Unlike ``prompt.collate``, system messages *stay in the list* as well (Ollama's templates skip
-    them with ``if eq .Role "user"`` ... or print them from .Messages). Tool results are never merged.
+    System messages *stay in the list* as well (Ollama's templates skip them with ``if eq .Role "user"``
+    ... or print them from .Messages), so they keep the turns around them apart. Tool results are never merged.
     In a template, a message has Go's field names: .Role, .Content, .ToolCalls (always empty here).
     """
     system = "\n\n".join(m.get("content") or "" for m in messages if m["role"] == "system")
