@@ -272,7 +272,7 @@ ERRORS = [
     ("/api/generate", b'{"model": "smollm2:135m", "prompt": "hi", "format": "xml"}', 500,
      'invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object'),
     ("/api/show", b'{}', 400, "model is required"),
-    ("/api/show", b'{"model": "no-such-model"}', 404, "model 'no-such-model' not found"),
+    ("/api/show", b'{"model": "no-such-model"}', 404, "model 'no-such-model:latest' not found"),
 ]
 
 

@@ -8,9 +8,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from ..protocol import normalize_name
+from ..protocol import display_name, normalize_name
 from .prompt import CHATML_TEMPLATE
-from .show import model_info, modelfile_text, parameters_text
+from .show import list_details, show_response
 from .state import Engine
 from .wire import APIError, JSONResponse, local_time
 
@@ -31,10 +31,17 @@ async def version(engine: Engine, request: Request) -> Response:
 
 
 async def tags(engine: Engine, request: Request) -> Response:
-    def rows() -> list[dict[str, Any]]:  # reads manifests, and hashes the bundled weights once: in a thread
+    def rows() -> list[dict[str, Any]]:  # reads manifests and GGUF headers, hashes the bundled weights once
+        # Ollama's ListModelResponse: newest first, capabilities after details (left out when empty).
         models = sorted(engine.store.all(), key=lambda m: m.modified_ns, reverse=True)
-        return [{"name": m.name, "model": m.name, "modified_at": local_time(m.modified_ns), "size": m.size,
-                 "digest": m.manifest_digest(), "details": m.details} for m in models]
+        out = []
+        for m in models:
+            row = {"name": m.name, "model": m.name, "modified_at": local_time(m.modified_ns), "size": m.size,
+                   "digest": m.manifest_digest(), "details": list_details(m)}
+            if m.capabilities:
+                row["capabilities"] = list(m.capabilities)
+            out.append(row)
+        return out
 
     return JSONResponse({"models": await asyncio.to_thread(rows)})
 
@@ -44,38 +51,33 @@ async def ps(engine: Engine, request: Request) -> Response:
 
     def rows() -> list[dict[str, Any]]:
         out = []
-        for name, runner, expires_ns in loaded:
+        for name, runner, expires_ns in loaded:  # details without parent_model: Ollama's PsHandler leaves it empty
             m = engine.store.get(name) or runner.model  # as listed now (a pull may have copied it into the store)
             out.append({"name": name, "model": name, "size": m.size, "digest": m.manifest_digest(),
-                        "details": m.details, "expires_at": local_time(expires_ns), "size_vram": 0,
-                        "context_length": runner.num_ctx})
+                        "details": {**m.details, "parent_model": ""}, "expires_at": local_time(expires_ns),
+                        "size_vram": 0, "context_length": runner.num_ctx})
         return out
 
     return JSONResponse({"models": await asyncio.to_thread(rows)})
 
 
 async def show(engine: Engine, request: Request) -> Response:
+    """Ollama's ``ShowHandler``: the Modelfile, GGUF metadata and tensors; tokenizer arrays with ``verbose``."""
     body = await engine.body(request, "ShowRequest")
     name = body.get("model") or body.get("name") or ""
     if not name.strip():
         raise APIError(400, "model is required")
-    if normalize_name(name) is None:
+    full = normalize_name(name)
+    if full is None:
         raise APIError(400, "invalid model name")
     model = await asyncio.to_thread(engine.store.get, name)
-    if model is None:
-        raise APIError(404, f"model '{name}' not found")
-    template = model.template or CHATML_TEMPLATE
-    answer: dict[str, Any] = {
-        "license": "\n".join(model.license),
-        "modelfile": modelfile_text(model, template),
-        "parameters": parameters_text(model.parameters),
-        "template": template,
-        "system": model.system,
-        "details": model.details,
-        "messages": model.messages or "",
-        "model_info": await asyncio.to_thread(model_info, model),
-        "capabilities": model.capabilities,
-        "modified_at": local_time(model.modified_ns),
-    }
-    # Go leaves out empty strings (omitempty); model_info stays, the ollama client requires it.
-    return JSONResponse({k: v for k, v in answer.items() if v != "" or k == "model_info"})
+    if model is None:  # Ollama names the model as it parsed it, tag included
+        raise APIError(404, f"model '{display_name(full)}' not found")
+    verbose = body.get("verbose") is True
+    system, options = body.get("system") or "", body.get("options") or {}
+
+    def answer() -> Response:  # the GGUF header, and (verbose) 100k tokenizer strings to encode: in a thread
+        return JSONResponse(show_response(model, model.template or CHATML_TEMPLATE, verbose=verbose,
+                                          system=system, options=options))
+
+    return await asyncio.to_thread(answer)

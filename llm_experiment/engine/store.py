@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from ..protocol import display_name, normalize_name
+from ..protocol import display_name, name_key, normalize_name
 from .models import Model, bundled_model, sha256_file
 from .wire import APIError
 
@@ -83,32 +83,52 @@ class Store:
         return self.blobs / f"sha256-{hexdigest}"
 
     def _manifest_path(self, full_name: str) -> Path:
+        """Where the manifest of ``full_name`` is, or would be written.
+
+        As Ollama's ``getExistingName``, each part (host, namespace, model, tag) takes the spelling of
+        an existing folder or manifest that matches it without regard to case, else its own: names
+        keep the case they were created with, and ``Foo`` and ``foo`` are one model.
+        """
         path, _, tag = full_name.rpartition(":")
-        return self.manifests.joinpath(*path.split("/"), tag)
+        parts = [*path.split("/"), tag]
+        folder = self.manifests
+        for i, part in enumerate(parts):
+            folder = folder / _existing_spelling(folder, part, file=i == len(parts) - 1)
+        return folder
+
+    def _full_name(self, path: Path) -> str | None:
+        """``host/namespace/model:tag`` of a manifest file, or ``None`` if that is not a valid name
+        (Ollama's ``Manifests`` skips such files: a model that cannot be named cannot be shown or deleted)."""
+        parts = path.relative_to(self.manifests).parts
+        if len(parts) != 4:
+            return None
+        full = f"{parts[0]}/{parts[1]}/{parts[2]}:{parts[3]}"
+        return full if normalize_name(full) == full else None
+
+    def _is_bundled(self, full: str) -> bool:
+        return self._bundled is not None and name_key(normalize_name(self._bundled.name) or "") == name_key(full)
 
     def get(self, name: str) -> Model | None:
-        """The model called ``name`` (any accepted spelling), or ``None``."""
+        """The model called ``name`` (case does not matter, as in Ollama), or ``None``."""
         full = normalize_name(name)
         if full is None:
             return None
         path = self._manifest_path(full)
         if path.is_file():
-            return self._load(display_name(full), path)
-        if self._bundled is not None and normalize_name(self._bundled.name) == full:
+            return self._load(display_name(self._full_name(path) or full), path)
+        if self._is_bundled(full):
             return self._bundled
         return None
 
     def all(self) -> list[Model]:
         """Every model: those in the store, and the bundled one unless the store has its own copy."""
         models = []
-        if self.manifests.is_dir():
-            for path in self.manifests.rglob("*"):
-                if path.is_file() and not path.name.startswith("."):
-                    full = "/".join(path.relative_to(self.manifests).parts[:-1]) + ":" + path.name
-                    model = self._load(display_name(full), path)
-                    if model is not None:
-                        models.append(model)
-        if self._bundled is not None and all(m.name != self._bundled.name for m in models):
+        for path in self._manifest_files():
+            full = self._full_name(path)
+            model = self._load(display_name(full), path) if full else None
+            if model is not None:
+                models.append(model)
+        if self._bundled is not None and all(name_key(m.name) != name_key(self._bundled.name) for m in models):
             models.append(self._bundled)
         return models
 
@@ -268,9 +288,10 @@ class Store:
         with self._lock:
             path = self._manifest_path(src)
             if not path.is_file():
-                if self._bundled is None or normalize_name(self._bundled.name) != src:
+                if not self._is_bundled(src):
                     raise StoreError(404, f"model '{source}' not found")
                 self.install_bundled()
+                path = self._manifest_path(src)
             data = path.read_bytes()
             self._write_atomically(self._manifest_path(dst), lambda f: f.write(data))
 
@@ -290,8 +311,9 @@ class Store:
                 own = set()  # unreadable: which blobs are its own is unknown, so the name alone goes
             path.unlink()
             self._prune_empty_dirs(path.parent)
-            removed = self._remove_unused(own, f"Deleted {display_name(full)}")
-        log.info("Deleted %s and %d file(s) no other model uses.", display_name(full), len(removed))
+            shown = display_name(self._full_name(path) or full)
+            removed = self._remove_unused(own, f"Deleted {shown}")
+        log.info("Deleted %s and %d file(s) no other model uses.", shown, len(removed))
         return removed
 
     def _remove_unused(self, candidates: set[str], done: str) -> list[str]:
@@ -391,6 +413,22 @@ class Store:
         while folder != self.manifests and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
             folder = folder.parent
+
+
+def _existing_spelling(folder: Path, part: str, *, file: bool) -> str:
+    """The entry of ``folder`` spelt like ``part`` (a file if ``file``, else a folder), ignoring case;
+    ``part`` itself when it is there as written or nothing matches."""
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return part
+    if part in entries:
+        return part
+    key = name_key(part)
+    for entry in entries:
+        if name_key(entry) == key and (folder / entry).is_file() == file and not (folder / entry).is_symlink():
+            return entry
+    return part
 
 
 def _digests(manifest: dict[str, Any]) -> set[str]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import json.encoder
 import time
+from decimal import Decimal
 from typing import Any
 
 from starlette.responses import Response
@@ -13,8 +15,41 @@ _GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u
 
 
 def dumps(obj: Any) -> str:
-    """Compact JSON as Go's ``json.Marshal`` writes it."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).translate(_GO_ESCAPES)
+    """Compact JSON as Go's ``json.Marshal`` writes it (escapes, and floats as in :func:`go_float`)."""
+    if not _has_float(obj):  # the common case: the C encoder
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).translate(_GO_ESCAPES)
+    encoder = json.encoder.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    chunks = json.encoder._make_iterencode(  # type: ignore[attr-defined] - the pure-Python encoder takes a float writer
+        {}, encoder.default, json.encoder.py_encode_basestring, None, go_float, ":", ",", False, False, True)
+    return "".join(chunks(obj, 0)).translate(_GO_ESCAPES)
+
+
+def go_float(value: float) -> str:
+    """A float64 as Go's encoding/json writes it: shortest digits, plain notation unless the magnitude
+    is below 1e-6 or at least 1e21 (``100000``, ``0.00001``, ``1e-7``), where Python writes
+    ``100000.0``, ``1e-05``, ``1e-07``."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"json: unsupported value: {value}")
+    text = repr(value)  # shortest round-trip digits, as Go's strconv; in exponent form below 1e-4 and from 1e16
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
+        return text.replace("e-0", "e-")  # Go writes 1e-7 where Python writes 1e-07
+    if "e" in text:  # Python chose exponent notation inside Go's plain range
+        text = format(Decimal(text), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _has_float(obj: Any) -> bool:
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def ndjson_line(obj: Any) -> bytes:
