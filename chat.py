@@ -58,13 +58,19 @@ def handle_command(line: str, conversation: Conversation) -> tuple[Conversation,
     elif command in ("/save", "/load") and not arg:
         print(f"usage: {command} FILE")
     elif command == "/save":
-        conversation.save(arg)
-        print(f"(saved {len(conversation.history)} messages to {arg})")
+        try:
+            conversation.save(arg)
+        except OSError as exc:  # a folder, a missing folder, no permission: say so, keep talking
+            print(f"(cannot save to {arg}: {exc.strerror or exc}; the conversation is kept)")
+        else:
+            print(f"(saved {len(conversation.history)} messages to {arg})")
     elif command == "/load":
         try:
             loaded = Conversation.load(arg, server=conversation.server, options=conversation.options)
-        except (OSError, ValueError) as exc:
-            print(f"(cannot load {arg}: {exc})")
+        except OSError as exc:
+            print(f"(cannot load {arg}: {exc.strerror or exc}; the conversation is kept)")
+        except ValueError as exc:  # not JSON, or not a saved conversation; the message names the file
+            print(f"(cannot load {exc}; the conversation is kept)")
         else:
             print(f"(loaded {len(loaded.history)} messages from {arg})")
             return loaded, False
@@ -75,48 +81,50 @@ def handle_command(line: str, conversation: Conversation) -> tuple[Conversation,
     return conversation, False
 
 
+def repl(conversation: Conversation) -> None:
+    """Read a line, answer it or run the /command, until /quit or end of input."""
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return
+        except KeyboardInterrupt:
+            print()
+            continue
+        if not line:
+            continue
+        if line.startswith("/"):
+            conversation, leave = handle_command(line, conversation)
+            if leave:
+                return
+            continue
+        try:
+            for piece in conversation.ask_stream(line):
+                print(piece, end="", flush=True)
+            print()
+        except KeyboardInterrupt:
+            print("\n(answer interrupted; the conversation is kept)")
+        except OllamaError as exc:
+            print(f"\nerror: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     options = {k: v for k, v in (("temperature", args.temperature), ("seed", args.seed)) if v is not None}
-    engine = None
     try:
-        server, engine = ensure_server(args.server)
-        if args.load:
-            conversation = Conversation.load(args.load, server=server, options=options or None)
-        else:
-            conversation = Conversation(args.system, model=args.model, budget=args.budget,
-                                        options=options or None, server=server)
-        print(f"Chatting with {conversation.model} at {server}. /help for commands, Ctrl-D to quit.")
-        while True:
-            try:
-                line = input("you> ").strip()
-            except EOFError:
-                print()
-                return 0
-            except KeyboardInterrupt:
-                print()
-                continue
-            if not line:
-                continue
-            if line.startswith("/"):
-                conversation, leave = handle_command(line, conversation)
-                if leave:
-                    return 0
-                continue
-            try:
-                for piece in conversation.ask_stream(line):
-                    print(piece, end="", flush=True)
-                print()
-            except KeyboardInterrupt:
-                print("\n(answer interrupted; the conversation is kept)")
-            except OllamaError as exc:
-                print(f"\nerror: {exc}", file=sys.stderr)
+        with ensure_server(args.server) as server:  # an engine started here stops when the chat ends
+            if args.load:
+                conversation = Conversation.load(args.load, server=server, options=options or None)
+            else:
+                conversation = Conversation(args.system, model=args.model, budget=args.budget,
+                                            options=options or None, server=server)
+            print(f"Chatting with {conversation.model} at {server}. /help for commands, Ctrl-D to quit.")
+            repl(conversation)
+        return 0
     except (OllamaError, RuntimeError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if engine is not None:
-            engine.stop()
 
 
 if __name__ == "__main__":

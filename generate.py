@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llm_experiment.client import Reply, Stream, generate
+from llm_experiment.client import Reply, generate
 from llm_experiment.embedded import ensure_server
 from llm_experiment.errors import OllamaError
 from llm_experiment.hosts import default_model
@@ -55,22 +55,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error('no prompt: give one as an argument (python generate.py "Hello") or on stdin')
     options = {k: v for k, v in (("temperature", args.temperature), ("seed", args.seed)) if v is not None}
 
-    engine = None
     printed = False  # whether part of an answer is on the screen (an error then starts on a new line)
     try:
-        server, engine = ensure_server(args.server)
-        result = generate(prompt, model=args.model, system=args.system, options=options or None,
-                          stream=not args.no_stream, server=server)
-        if isinstance(result, Stream):
-            for piece in result:
-                print(piece, end="", flush=True)
-                printed = True
-            print()
-            reply = result.reply
-        else:
-            assert isinstance(result, Reply)
-            print(result.text)
-            reply = result
+        with ensure_server(args.server) as server:  # an engine started here stops when the block ends
+            reply: Reply | None
+            if args.no_stream:
+                reply = generate(prompt, model=args.model, system=args.system, options=options or None,
+                                 server=server)
+                print(reply.text)
+            else:
+                with generate(prompt, model=args.model, system=args.system, options=options or None,
+                              stream=True, server=server) as stream:
+                    for piece in stream:
+                        print(piece, end="", flush=True)
+                        printed = True
+                print()
+                reply = stream.reply
         if args.stats and reply is not None:
             print(format_summary(reply.stats), file=sys.stderr)
         return 0
@@ -83,9 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\n(interrupted)", file=sys.stderr)
         return 130
-    finally:
-        if engine is not None:
-            engine.stop()
 
 
 if __name__ == "__main__":

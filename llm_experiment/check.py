@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import requests
-
+from .client import generate, get, post
+from .errors import OllamaError
 from .hosts import default_model, server_url
+from .ndjson import iter_ndjson, show_progress
 
 PACKAGES = ["requests", "ollama", "pandas", "matplotlib", "ipywidgets", "jupyterlab", "nbval"]
 TIMEOUT = (5.0, 60.0)
@@ -52,12 +52,12 @@ def check_server(server: str) -> Check:
     fix = ("start one in a terminal: `llm-experiment serve` (the course's embedded engine) or `ollama serve`; "
            "if the server is elsewhere, set OLLAMA_HOST (e.g. OLLAMA_HOST=http://teacher:11434)")
     try:
-        response = requests.get(server + "/api/version", timeout=TIMEOUT)
-        response.raise_for_status()
-        version = response.json()["version"]
-    except requests.RequestException as exc:
-        return Check("server", False, f"nothing answers at {server} ({exc.__class__.__name__})", fix)
-    except (ValueError, KeyError):
+        version = get("/api/version", server=server, timeout=TIMEOUT).json()["version"]
+    except OllamaError as exc:
+        if exc.status is None:  # no answer at all: refused, or timed out
+            return Check("server", False, f"nothing answers at {server} ({exc.message})", fix)
+        return Check("server", False, f"{server} answers, but not like Ollama does ({exc.status}: {exc.message})", fix)
+    except (ValueError, KeyError, TypeError):
         return Check("server", False, f"{server} answers, but not like Ollama does", fix)
     return Check("server", True, f"{server} answers (version {version})")
 
@@ -65,62 +65,46 @@ def check_server(server: str) -> Check:
 def has_model(server: str, model: str) -> bool:
     """Whether ``GET /api/tags`` lists ``model`` (a name without a tag means ``:latest``)."""
     wanted = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
-    models = requests.get(server + "/api/tags", timeout=TIMEOUT).json()["models"]
+    models = get("/api/tags", server=server, timeout=TIMEOUT).json()["models"]
     return any(m.get("model", m.get("name")) == wanted or m.get("name") == wanted for m in models)
 
 
 def pull(server: str, model: str, progress: Callable[[str], None] = print) -> None:
-    """``POST /api/pull``, reporting progress through ``progress``; raises RuntimeError on failure."""
-    on_bar = False  # whether the last thing written is a progress bar still to be ended with a newline
-    try:
-        with requests.post(server + "/api/pull", json={"model": model}, stream=True, timeout=(5.0, 600.0)) as r:
-            if not r.ok:
-                raise RuntimeError(r.json().get("error", r.text) if r.content else f"HTTP {r.status_code}")
-            for line in r.iter_lines():
-                status = json.loads(line) if line else {}
-                if "error" in status:
-                    raise RuntimeError(status["error"])
-                if status.get("total"):
-                    share = status.get("completed", 0) / status["total"]
-                    bar = "#" * int(share * 30)
-                    progress(f"\r  {status['status']} [{bar:<30}] {share:4.0%} of {status['total'] / 1e6:.0f} MB")
-                    on_bar = True
-                elif status:
-                    progress(("\n" if on_bar else "") + f"  {status['status']}\n")
-                    on_bar = False
-    finally:
-        if on_bar:
-            progress("\n")
+    """``POST /api/pull``, reporting progress through ``progress``; raises :class:`OllamaError` on failure."""
+    with post("/api/pull", {"model": model}, server=server, stream=True, timeout=(5.0, 600.0)) as response:
+        show_progress(iter_ndjson(response), progress)
 
 
 def check_model(server: str, model: str, allow_pull: bool = True,
                 progress: Callable[[str], None] | None = None) -> Check:
     """Whether the server has ``model``; pulls it (with a progress bar) when it does not and may."""
+    name = f"model {model}"
     fix = f"ollama pull {model}   (or on the embedded engine: use smollm2:135m, the model it ships)"
+    step = "listing the server's models"
     try:
         if has_model(server, model):
-            return Check(f"model {model}", True, "present on the server")
+            return Check(name, True, "present on the server")
         if not allow_pull:
-            return Check(f"model {model}", False, "not on the server", fix)
+            return Check(name, False, "not on the server", fix)
+        step = "not on the server, and pulling it"
         pull(server, model, progress or (lambda text: print(text, end="", flush=True)))
         if has_model(server, model):
-            return Check(f"model {model}", True, "pulled just now")
-        return Check(f"model {model}", False, "pulled, but still not listed", fix)
-    except (requests.RequestException, RuntimeError, ValueError, KeyError) as exc:
-        return Check(f"model {model}", False, f"not on the server, and pulling it failed: {exc}", fix)
+            return Check(name, True, "pulled just now")
+        return Check(name, False, "pulled, but still not listed", fix)
+    except OllamaError as exc:
+        return Check(name, False, f"{step} failed: {exc.message}", fix)
+    except (ValueError, KeyError, TypeError):
+        return Check(name, False, f"{step} failed: the server did not answer like Ollama does", fix)
 
 
 def check_generate(server: str, model: str) -> Check:
     """Whether the model answers a one-token request."""
-    body = {"model": model, "prompt": "Hi", "stream": False, "options": {"num_predict": 1}}
     try:
-        response = requests.post(server + "/api/generate", json=body, timeout=(5.0, 300.0))
-        reply = response.json()
-        if not response.ok:
-            raise RuntimeError(reply.get("error", response.text))
-    except (requests.RequestException, RuntimeError, ValueError) as exc:
-        return Check("generate", False, str(exc), "read the error above; `ollama ps` and the server's log may help")
-    seconds = reply.get("total_duration", 0) / 1e9
+        reply = generate("Hi", model=model, server=server, options={"num_predict": 1})
+    except OllamaError as exc:
+        fix = exc.advice or "`ollama ps` and the server's log may tell more"
+        return Check("generate", False, f"{exc.message} ({exc.url})", fix)
+    seconds = reply.stats.get("total_duration", 0) / 1e9
     return Check("generate", True, f"{model} answers ({seconds:.2f} s for one token, including any load)")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 import requests
 
@@ -67,13 +67,24 @@ def _text_of(obj: dict[str, Any], key: str) -> str:
 def post(path: str, body: dict[str, Any], *, server: str | None = None, stream: bool = False,
          timeout: tuple[float, float] | None = None) -> requests.Response:
     """POST ``body`` to ``server + path``; raise :class:`OllamaError` on any failure."""
+    return _send("POST", path, body, server, stream, timeout)
+
+
+def get(path: str, *, server: str | None = None, timeout: tuple[float, float] | None = None) -> requests.Response:
+    """GET ``server + path``; raise :class:`OllamaError` on any failure."""
+    return _send("GET", path, None, server, False, timeout)
+
+
+def _send(method: str, path: str, body: dict[str, Any] | None, server: str | None, stream: bool,
+          timeout: tuple[float, float] | None) -> requests.Response:
     url = server_url(server) + path
     try:
-        response = requests.post(url, json=body, stream=stream, timeout=timeout or (CONNECT_TIMEOUT, READ_TIMEOUT))
+        response = requests.request(method, url, json=body, stream=stream,
+                                    timeout=timeout or (CONNECT_TIMEOUT, READ_TIMEOUT))
     except requests.RequestException as exc:
         raise error_from_exception(exc, url) from exc
     if not response.ok:
-        raise error_from_response(response, body.get("model"))
+        raise error_from_response(response, (body or {}).get("model"))
     return response
 
 
@@ -91,6 +102,24 @@ def _request(path: str, key: str, body: dict[str, Any], server: str | None, stre
     return Reply(_text_of(final, key), final)
 
 
+# The overloads tell a type checker (and your editor) what comes back: a Reply by default, a
+# Stream with stream=True. So `generate(...).text` and `for piece in generate(..., stream=True)`
+# need no isinstance() check. The last overload covers a stream flag only known at run time.
+@overload
+def generate(prompt: str, *, model: str | None = None, system: str | None = None,
+             options: dict[str, Any] | None = None, stream: Literal[False] = False, server: str | None = None,
+             format: str | dict[str, Any] | None = None, raw: bool | None = None,
+             context: list[int] | None = None, keep_alive: str | int | None = None) -> Reply: ...
+@overload
+def generate(prompt: str, *, model: str | None = None, system: str | None = None,
+             options: dict[str, Any] | None = None, stream: Literal[True], server: str | None = None,
+             format: str | dict[str, Any] | None = None, raw: bool | None = None,
+             context: list[int] | None = None, keep_alive: str | int | None = None) -> Stream: ...
+@overload
+def generate(prompt: str, *, model: str | None = None, system: str | None = None,
+             options: dict[str, Any] | None = None, stream: bool, server: str | None = None,
+             format: str | dict[str, Any] | None = None, raw: bool | None = None,
+             context: list[int] | None = None, keep_alive: str | int | None = None) -> Reply | Stream: ...
 def generate(prompt: str, *, model: str | None = None, system: str | None = None,
              options: dict[str, Any] | None = None, stream: bool = False, server: str | None = None,
              format: str | dict[str, Any] | None = None, raw: bool | None = None,
@@ -105,6 +134,18 @@ def generate(prompt: str, *, model: str | None = None, system: str | None = None
     return _request("/api/generate", "response", body, server, stream)
 
 
+@overload
+def chat(messages: list[dict[str, Any]], *, model: str | None = None, options: dict[str, Any] | None = None,
+         stream: Literal[False] = False, server: str | None = None, format: str | dict[str, Any] | None = None,
+         keep_alive: str | int | None = None) -> Reply: ...
+@overload
+def chat(messages: list[dict[str, Any]], *, model: str | None = None, options: dict[str, Any] | None = None,
+         stream: Literal[True], server: str | None = None, format: str | dict[str, Any] | None = None,
+         keep_alive: str | int | None = None) -> Stream: ...
+@overload
+def chat(messages: list[dict[str, Any]], *, model: str | None = None, options: dict[str, Any] | None = None,
+         stream: bool, server: str | None = None, format: str | dict[str, Any] | None = None,
+         keep_alive: str | int | None = None) -> Reply | Stream: ...
 def chat(messages: list[dict[str, Any]], *, model: str | None = None, options: dict[str, Any] | None = None,
          stream: bool = False, server: str | None = None, format: str | dict[str, Any] | None = None,
          keep_alive: str | int | None = None) -> Reply | Stream:

@@ -16,6 +16,7 @@ import ollama
 
 from .hosts import server_url
 from .modelfile import ModelfileError, parse, to_create_request
+from .ndjson import show_progress
 
 
 def client(server: str | None) -> ollama.Client:
@@ -146,16 +147,9 @@ def remove(server: str | None, names: list[str]) -> int:
 
 
 def pull(server: str | None, name: str) -> int:
-    bar_shown = False
-    for p in client(server).pull(name, stream=True):
-        if p.total:
-            share = (p.completed or 0) / p.total
-            print(f"\r{p.status}: {share:4.0%} ▕{'█' * int(share * 20):<20}▏ {human_size(p.completed)}/"
-                  f"{human_size(p.total)}", end="", flush=True)
-            bar_shown = True
-        else:
-            print(("\n" if bar_shown else "") + (p.status or ""), flush=True)
-            bar_shown = False
+    """``pull NAME``, with the same progress lines as :func:`llm_experiment.check.pull`."""
+    statuses = (p.model_dump() for p in client(server).pull(name, stream=True))
+    show_progress(statuses, lambda text: print(text, end="", flush=True))
     return 0
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .client import Reply, chat
+from .client import chat
 from .hosts import default_model
 
 
@@ -48,7 +48,6 @@ class Conversation:
         except BaseException:
             self.history = before  # a failed turn leaves the history as it was, trimmed turns included
             raise
-        assert isinstance(reply, Reply)
         self.history.append({"role": "assistant", "content": reply.text})
         return reply.text
 
@@ -100,13 +99,16 @@ class Conversation:
         """Read a conversation written by :meth:`save`. ``kwargs`` (``server``, ``options``) are passed on."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: not a saved conversation (expected a JSON object)")
         messages = data.get("messages")
         if not isinstance(messages, list) or not all(_is_message(m) for m in messages):
             raise ValueError(f"{path}: not a saved conversation (expected a list of role/content messages)")
+        for key, kind in (("model", str), ("system", str), ("budget", int)):
+            if data.get(key) is not None and not isinstance(data[key], kind):
+                raise ValueError(f"{path}: not a saved conversation ({key!r} should be a {kind.__name__})")
         kwargs.setdefault("model", data.get("model"))
         kwargs.setdefault("budget", data.get("budget"))
         conversation = cls(data.get("system"), **kwargs)

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -76,26 +78,32 @@ class EmbeddedServer:
                 self.process.wait()
 
     def __enter__(self) -> str:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # Ctrl-C while it starts: `with` will not call __exit__, so stop it here
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def ensure_server(server: str | None) -> tuple[str, EmbeddedServer | None]:
+@contextmanager
+def ensure_server(server: str | None) -> Iterator[str]:
     """The URL to use, starting the embedded engine when nobody asked for a server and none is running.
 
     With ``server`` given or ``OLLAMA_HOST`` set, that server is used as is (errors surface on the first call).
     Otherwise the default ``http://127.0.0.1:11434`` is used if it answers; if not, the engine is started on a
-    free port for the lifetime of the caller, who must call ``stop()`` on the returned engine.
+    free port and stopped when the ``with`` block ends, however it ends::
+
+        with ensure_server(args.server) as url:
+            print(generate("Hi", server=url).text)
     """
-    if server or os.environ.get("OLLAMA_HOST"):
-        return server_url(server), None
-    url = server_url(None)
-    if is_serving(url):
-        return url, None
+    url = server_url(server)
+    if server or os.environ.get("OLLAMA_HOST") or is_serving(url):
+        yield url
+        return
     print(f"No Ollama server at {url}: starting the embedded engine (smollm2:135m) for this run...",
           file=sys.stderr, flush=True)
-    engine = EmbeddedServer()
-    engine.start()
-    return engine.url, engine
+    with EmbeddedServer() as engine_url:
+        yield engine_url

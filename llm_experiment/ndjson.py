@@ -1,9 +1,9 @@
-"""Reading NDJSON: one JSON object per line, as Ollama streams its answers."""
+"""Reading NDJSON: one JSON object per line, as Ollama streams its answers and its pull progress."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import requests
@@ -44,3 +44,25 @@ def _parse(line: bytes, url: str) -> Iterator[dict[str, Any]]:
     if isinstance(obj, dict) and "error" in obj:
         raise OllamaError(str(obj["error"]), status=-1, url=url, advice="The server failed while answering.")
     yield obj
+
+
+def show_progress(statuses: Iterable[Mapping[str, Any]], write: Callable[[str], None]) -> None:
+    """Write the status objects of ``/api/pull`` as text through ``write``.
+
+    A status with ``total`` bytes becomes a progress bar, redrawn in place (``\\r``) as
+    ``completed`` grows; any other status (``pulling manifest``, ``success``) gets a line of its own.
+    """
+    on_bar = False  # whether the last thing written is a bar that still needs its newline
+    try:
+        for status in statuses:
+            if status.get("total"):
+                share = (status.get("completed") or 0) / status["total"]
+                bar = "#" * int(share * 30)
+                write(f"\r  {status.get('status') or ''} [{bar:<30}] {share:4.0%} of {status['total'] / 1e6:.0f} MB")
+                on_bar = True
+            elif status.get("status"):
+                write(("\n" if on_bar else "") + f"  {status['status']}\n")
+                on_bar = False
+    finally:
+        if on_bar:  # also when the stream fails mid-bar: the error then starts on a line of its own
+            write("\n")

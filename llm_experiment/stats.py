@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import requests
 
-from .hosts import default_model, server_url
+from .client import post
+from .hosts import default_model
 from .ndjson import iter_ndjson
 
 NS_PER_S = 1_000_000_000
@@ -83,6 +83,7 @@ def measure(prompt: str, *, model: str | None = None, options: Mapping[str, Any]
 
     ``wall_s`` is the time from sending the request to the last line, ``ttft_s`` the time to the
     first piece of text: the two numbers a user feels, which the server cannot report.
+    Raises :class:`OllamaError` when the server is down or does not have the model.
     """
     body: dict[str, Any] = {"model": model or default_model(), "prompt": prompt, "options": dict(options or {})}
     if keep_alive is not None:
@@ -90,9 +91,8 @@ def measure(prompt: str, *, model: str | None = None, options: Mapping[str, Any]
     start = time.perf_counter()
     first: float | None = None
     final: dict[str, Any] = {}
-    with requests.post(server_url(server) + "/api/generate", json=body, stream=True, timeout=(5, 300)) as r:
-        r.raise_for_status()
-        for obj in iter_ndjson(r):
+    with post("/api/generate", body, server=server, stream=True) as response:
+        for obj in iter_ndjson(response):
             if first is None and obj.get("response"):
                 first = time.perf_counter()
             if obj.get("done"):
@@ -103,8 +103,7 @@ def measure(prompt: str, *, model: str | None = None, options: Mapping[str, Any]
 
 def unload(model: str | None = None, server: str | None = None) -> None:
     """Ask the server to unload ``model`` now (``keep_alive: 0``), so the next request starts cold."""
-    requests.post(server_url(server) + "/api/generate", json={"model": model or default_model(), "keep_alive": 0},
-                  timeout=(5, 60)).raise_for_status()
+    post("/api/generate", {"model": model or default_model(), "keep_alive": 0}, server=server, timeout=(5, 60))
 
 
 def run_grid(prompts: Mapping[str, str], *, grid: Mapping[str, Iterable[Any]] | None = None, repeats: int = 3,

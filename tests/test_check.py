@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llm_experiment.check import check_model, check_package, pull, run_checks
+import pytest
+
+from llm_experiment import OllamaError
+from llm_experiment.check import check_generate, check_model, check_package, check_server, pull, run_checks
 from llm_experiment.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +46,40 @@ def test_pull_shows_progress_up_to_100_percent(url):
     assert "100% of 98 MB" in text and text.rstrip().endswith("success")
 
 
+def test_pull_of_an_unknown_model_is_an_ollama_error(url):
+    shown: list[str] = []
+    with pytest.raises(OllamaError) as err:
+        pull(url, "no-such-model", shown.append)
+    assert err.value.status == -1 and "file does not exist" in err.value.message
+    assert "".join(shown) == "  pulling manifest\n"  # the lines before the error were shown
+
+
+def test_pull_from_a_stopped_server_says_to_start_one():
+    with pytest.raises(OllamaError) as err:
+        pull(f"http://127.0.0.1:{free_port()}", "smollm2:135m", lambda text: None)
+    assert err.value.status is None and "OLLAMA_HOST" in err.value.advice
+
+
+def test_every_check_reports_a_stopped_server_instead_of_raising():
+    server = f"http://127.0.0.1:{free_port()}"
+    assert "nothing answers" in check_server(server).detail
+    model = check_model(server, "smollm2:135m")
+    assert not model.ok and "could not connect" in model.detail and "ollama pull" in model.fix
+    generate = check_generate(server, "smollm2:135m")
+    assert not generate.ok and "could not connect" in generate.detail and "OLLAMA_HOST" in generate.fix
+
+
+def test_generate_with_an_unknown_model_fails_with_the_pull_advice(url):
+    result = check_generate(url, "no-such-model")
+    assert not result.ok and "not found" in result.detail and url in result.detail
+    assert "ollama pull no-such-model" in result.fix
+
+
+def test_a_server_that_is_not_ollama_is_named(url):
+    result = check_server(url + "/nothing-here")  # answers, but 404 for /api/version
+    assert not result.ok and "not like Ollama" in result.detail and "404" in result.detail
+
+
 def test_a_missing_package_is_named_with_the_fix():
     result = check_package("no-such-package-xyz")
     assert not result.ok and result.fix == "pip install -r requirements.txt"
@@ -55,3 +92,7 @@ def test_cli_exit_codes(url):
     bad = subprocess.run([sys.executable, "-m", "llm_experiment", "check", "--server", url, "--model", "nope",
                           "--no-pull"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "[FAIL] model nope:latest" not in bad.stdout and "[FAIL] model nope" in bad.stdout
+
+    down = subprocess.run([sys.executable, "-m", "llm_experiment", "check", "--server",
+                           f"http://127.0.0.1:{free_port()}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 1 and "[FAIL] server" in down.stdout and "Traceback" not in down.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_experiment import check
 from llm_experiment.engine.models import bundled_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +70,12 @@ def test_an_unsupported_template_construct_is_refused_by_name(url, tmp_path):
 def test_pull_and_ps(url):
     pulled = cli(url, "pull", "smollm2:135m")
     assert pulled.returncode == 0 and "100%" in pulled.stdout and pulled.stdout.rstrip().endswith("success")
+    shown: list[str] = []
+    check.pull(url, "smollm2:135m", shown.append)  # notebook 00's pull, over requests: the same lines
+    assert pulled.stdout.splitlines()[0] == "".join(shown).splitlines()[0] == "  pulling manifest"
+    assert pulled.stdout.splitlines()[-3:] == "".join(shown).splitlines()[-3:]
+    unknown = cli(url, "pull", "no-such-model")
+    assert unknown.returncode == 1 and unknown.stderr == "Error: pull model manifest: file does not exist\n"
     cli(url, "show", "smollm2:135m")
     import requests
 

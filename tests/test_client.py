@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import typing
 
 import pytest
 from support import GREEDY
 
 from llm_experiment import Conversation, OllamaError, Reply, Stream, chat, generate
+from llm_experiment.client import get
 from llm_experiment.embedded import free_port
 
 SHORT = {**GREEDY, "num_predict": 8}
@@ -117,3 +119,25 @@ def test_a_stream_used_with_with_hangs_up_when_the_block_ends(url):
     assert first and s.reply is None
     with pytest.raises(StopIteration):
         next(iter(s))  # closed: nothing more comes
+
+
+@pytest.mark.parametrize("function", [generate, chat])
+def test_the_overloads_tell_a_type_checker_what_stream_returns(function):
+    # What mypy reads: stream=False (the default) gives a Reply, stream=True a Stream, a bool either.
+    overloads = typing.get_overloads(function)
+    assert [(o.__kwdefaults__.get("stream"), o.__annotations__["stream"], o.__annotations__["return"])
+            for o in overloads] == [(False, "Literal[False]", "Reply"), (None, "Literal[True]", "Stream"),
+                                    (None, "bool", "Reply | Stream")]
+
+
+def test_chat_with_an_unknown_model_says_to_pull_it(url):
+    with pytest.raises(OllamaError) as err:
+        chat([{"role": "user", "content": "Hi"}], model="no-such-model", server=url, stream=True)
+    assert err.value.status == 404 and "ollama pull no-such-model" in err.value.advice
+
+
+def test_get_reads_a_route_and_reports_a_stopped_server(url):
+    assert get("/api/version", server=url).json()["version"]
+    with pytest.raises(OllamaError) as err:
+        get("/api/tags", server=f"http://127.0.0.1:{free_port()}")
+    assert err.value.status is None and "OLLAMA_HOST" in err.value.advice

@@ -71,6 +71,8 @@ def test_save_and_load(tmp_path):
     {"messages": [{"role": "user"}]},
     {"messages": [{"role": "wizard", "content": "hi"}]},
     {"model": "m"},
+    {"messages": [], "budget": "lots"},  # would fail only later, at the next question
+    {"messages": [], "system": ["Be brief."]},
 ])
 def test_load_rejects_a_file_that_is_not_a_conversation(tmp_path, content):
     path = tmp_path / "chat.json"
@@ -79,10 +81,10 @@ def test_load_rejects_a_file_that_is_not_a_conversation(tmp_path, content):
         Conversation.load(path)
 
 
-@pytest.mark.parametrize("text", ["{not json", "[]"])
+@pytest.mark.parametrize("text", ["{not json", "[]", b"\xff\xfe not text"])
 def test_load_names_the_file_when_it_is_not_json_of_a_conversation(tmp_path, text):
     path = tmp_path / "chat.json"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ValueError) as info:
         Conversation.load(path)
     assert str(path) in str(info.value)

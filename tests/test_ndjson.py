@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_experiment import OllamaError, iter_ndjson
+from llm_experiment.ndjson import show_progress
 
 # JSON objects with any unicode text (accents, CJK, emoji: 2- to 4-byte UTF-8 characters).
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
@@ -72,3 +73,29 @@ def test_reads_a_requests_response():
         objects_seen.extend(iter_ndjson(response))
     assert objects_seen == [{"response": "日本"}]
     assert info.value.status == -1 and info.value.url == response.url
+
+
+PULL = [{"status": "pulling manifest"},
+        {"status": "pulling abc", "digest": "sha256:abc", "total": 2_000_000, "completed": 0},
+        {"status": "pulling abc", "digest": "sha256:abc", "total": 2_000_000, "completed": 2_000_000},
+        {"status": "verifying sha256 digest"}, {"status": "success"}]
+
+
+def test_show_progress_draws_a_bar_in_place_and_a_line_per_step():
+    shown: list[str] = []
+    show_progress(PULL, shown.append)
+    assert "".join(shown) == ("  pulling manifest\n"
+                              f"\r  pulling abc [{' ' * 30}]   0% of 2 MB"
+                              f"\r  pulling abc [{'#' * 30}] 100% of 2 MB"
+                              "\n  verifying sha256 digest\n  success\n")
+
+
+def test_show_progress_ends_the_bar_when_the_stream_fails():
+    def statuses():
+        yield from PULL[:2]
+        raise OllamaError("connection lost", status=-1)
+
+    shown: list[str] = []
+    with pytest.raises(OllamaError):
+        show_progress(statuses(), shown.append)
+    assert shown[-1] == "\n"  # the error will not be printed after the bar on the same line

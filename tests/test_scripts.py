@@ -16,7 +16,8 @@ import pytest
 
 import chat as chat_script
 import generate as generate_script
-from llm_experiment.embedded import free_port, is_serving
+from llm_experiment import embedded
+from llm_experiment.embedded import ensure_server, free_port, is_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +46,12 @@ def test_generate_reports_errors_with_exit_code_1(url, capsys):
     assert generate_script.main(["--server", url, "--model", "no-such-model", "hi"]) == 1
     err = capsys.readouterr().err
     assert "not found" in err and "ollama pull no-such-model" in err
+
+
+def test_generate_reports_a_stopped_server_with_exit_code_1(capsys):
+    assert generate_script.main(["--server", f"http://127.0.0.1:{free_port()}", "hi"]) == 1
+    err = capsys.readouterr().err
+    assert "could not connect" in err and "OLLAMA_HOST" in err and "Traceback" not in err
 
 
 def test_generate_without_a_prompt_is_a_usage_error(monkeypatch, capsys):
@@ -86,6 +93,77 @@ def test_chat_keeps_history_saves_and_loads(url, tmp_path):
     data = json.loads(saved.read_text())
     assert data["messages"][0] == {"role": "user", "content": "My name is Ada."}
     assert data["messages"][1]["role"] == "assistant" and data["messages"][1]["content"]
+
+
+def test_chat_keeps_the_conversation_when_save_or_load_fails(url, tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "wrong.json").write_text('{"messages": "hello"}')
+    (tmp_path / "a-file").write_text("")
+    good = tmp_path / "good.json"
+    script = "\n".join(["My name is Ada.",
+                        f"/save {tmp_path}",                     # a folder
+                        f"/save {tmp_path / 'missing' / 'x.json'}",  # a folder that does not exist
+                        f"/save {tmp_path / 'a-file' / 'x.json'}",   # a file used as a folder
+                        f"/load {tmp_path / 'nothing.json'}", f"/load {tmp_path / 'bad.json'}",
+                        f"/load {tmp_path / 'wrong.json'}", f"/load {tmp_path}",
+                        f"/save {good}", "/quit", ""])
+    result = run_script("chat.py", "--server", url, "--seed", "1", "--temperature", "0", stdin=script)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"(cannot save to {tmp_path}: Is a directory; the conversation is kept)" in out
+    assert "missing/x.json: No such file or directory" in out and "a-file/x.json: Not a directory" in out
+    assert f"(cannot load {tmp_path / 'nothing.json'}: No such file or directory" in out
+    assert "bad.json: not valid JSON" in out and "wrong.json: not a saved conversation" in out
+    assert out.count("the conversation is kept") == 7 and "(saved 2 messages" in out
+    assert json.loads(good.read_text())["messages"][0] == {"role": "user", "content": "My name is Ada."}
+
+
+def test_chat_keeps_the_conversation_when_save_is_not_permitted(tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root writes anywhere: make the write fail as it would for a student
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(Path, "write_text", refuse)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"/save {locked / 'x.json'}\n/system Be brief.\n"))
+    assert chat_script.main(["--server", f"http://127.0.0.1:{free_port()}"]) == 0
+    out = capsys.readouterr().out
+    assert "Permission denied; the conversation is kept" in out and "(system prompt set)" in out
+
+
+class FakeEngine:
+    """Stands in for EmbeddedServer: records whether it was stopped, without starting a process."""
+
+    instances: list[FakeEngine] = []
+
+    def __init__(self) -> None:
+        self.running = False
+        FakeEngine.instances.append(self)
+
+    def __enter__(self) -> str:
+        self.running = True
+        return "http://127.0.0.1:1"
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+
+
+def test_ensure_server_stops_the_engine_it_started_however_the_block_ends(monkeypatch):
+    monkeypatch.setattr(embedded, "is_serving", lambda url, timeout=1.0: False)
+    monkeypatch.setattr(embedded, "EmbeddedServer", FakeEngine)
+    with pytest.raises(KeyboardInterrupt), ensure_server(None) as url:
+        assert url == "http://127.0.0.1:1" and FakeEngine.instances[-1].running
+        raise KeyboardInterrupt
+    assert not FakeEngine.instances[-1].running
+
+
+def test_ensure_server_uses_the_server_asked_for_as_is(monkeypatch):
+    monkeypatch.setattr(embedded, "EmbeddedServer", None)  # starting one would fail the test
+    with ensure_server("http://127.0.0.1:9") as url:
+        assert url == "http://127.0.0.1:9"
+    monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:8")
+    with ensure_server(None) as url:
+        assert url == "http://127.0.0.1:8"
 
 
 def test_chat_quits_on_end_of_input(url):

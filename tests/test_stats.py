@@ -1,10 +1,12 @@
-"""Timing fields of a final answer: nanoseconds to seconds, tokens per second."""
+"""Timing fields of a final answer: nanoseconds to seconds, tokens per second; and measuring's errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from llm_experiment.stats import format_summary, rate, summarize
+from llm_experiment import OllamaError
+from llm_experiment.embedded import free_port
+from llm_experiment.stats import format_summary, measure, rate, summarize, unload
 
 # A final object as Ollama sends it (durations in nanoseconds).
 FINAL = {
@@ -52,3 +54,28 @@ def test_format_summary():
 def test_format_summary_without_metrics_says_n_a():
     text = format_summary({"done": True, "done_reason": "load"})
     assert text.count("n/a") == 2
+
+
+# Failures go through the client's errors: an OllamaError with advice, never a bare requests exception.
+
+def test_measure_an_unknown_model_says_to_pull_it(url):
+    with pytest.raises(OllamaError) as err:
+        measure("Hi", model="no-such-model", server=url)
+    assert err.value.status == 404 and err.value.url == url + "/api/generate"
+    assert "not found" in err.value.message and "ollama pull no-such-model" in err.value.advice
+
+
+def test_unload_an_unknown_model_says_to_pull_it(url):
+    with pytest.raises(OllamaError) as err:
+        unload("no-such-model", url)
+    assert err.value.status == 404 and "ollama pull no-such-model" in err.value.advice
+
+
+@pytest.mark.parametrize("call", [lambda server: measure("Hi", server=server), lambda server: unload(server=server)],
+                         ids=["measure", "unload"])
+def test_a_stopped_server_says_to_start_one(call):
+    server = f"http://127.0.0.1:{free_port()}"  # nothing listens: the connection is refused
+    with pytest.raises(OllamaError) as err:
+        call(server)
+    assert err.value.status is None and "could not connect" in err.value.message
+    assert err.value.url.startswith(server) and "OLLAMA_HOST" in err.value.advice
