@@ -21,7 +21,8 @@ from .ndjson import iter_ndjson
 
 NS_PER_S = 1_000_000_000
 DURATIONS = ["total_duration", "load_duration", "prompt_eval_duration", "eval_duration"]
-METRICS = ["total_s", "load_s", "prompt_eval_s", "eval_s", "prompt_tokens_per_s", "tokens_per_s", "ttft_s", "wall_s"]
+METRICS = ["total_s", "load_s", "prompt_eval_s", "eval_s", "wait_s", "prompt_tokens_per_s", "tokens_per_s", "ttft_s",
+           "wall_s"]
 
 
 def rate(tokens: int | None, duration_ns: int | None) -> float | None:
@@ -32,13 +33,25 @@ def rate(tokens: int | None, duration_ns: int | None) -> float | None:
 
 
 def summarize(final: Mapping[str, Any]) -> dict[str, Any]:
-    """The figures of one answer: durations in seconds, counts, and prompt and decode speeds."""
+    """The figures of one answer: durations in seconds, counts, and prompt and decode speeds.
+
+    ``prompt_eval_count`` is the whole prompt and ``prompt_eval_cached_count`` the part the server
+    reused from its cache (0 when a server does not report it); only the rest, ``prompt_evaluated``,
+    was read in ``prompt_eval_duration``. ``wait`` is the time no part accounts for: mostly waiting
+    for other requests on a busy server.
+    """
     seconds = {k: (final.get(k) or 0) / NS_PER_S for k in DURATIONS}
+    count = final.get("prompt_eval_count") or 0
+    cached = final.get("prompt_eval_cached_count") or 0
+    parts = seconds["load_duration"] + seconds["prompt_eval_duration"] + seconds["eval_duration"]
     return {
         **seconds,
-        "prompt_eval_count": final.get("prompt_eval_count", 0),
+        "wait": max(seconds["total_duration"] - parts, 0.0),
+        "prompt_eval_count": count,
+        "prompt_eval_cached_count": cached,
+        "prompt_evaluated": count - cached,
         "eval_count": final.get("eval_count", 0),
-        "prompt_tokens_per_s": rate(final.get("prompt_eval_count"), final.get("prompt_eval_duration")),
+        "prompt_tokens_per_s": rate(count - cached, final.get("prompt_eval_duration")),
         "tokens_per_s": rate(final.get("eval_count"), final.get("eval_duration")),
         "done_reason": final.get("done_reason"),
     }
@@ -54,8 +67,8 @@ def format_summary(final: Mapping[str, Any]) -> str:
     return "\n".join([
         f"total     {s['total_duration']:8.3f} s   (done_reason: {s['done_reason']})",
         f"load      {s['load_duration']:8.3f} s",
-        f"prompt    {s['prompt_eval_duration']:8.3f} s   {s['prompt_eval_count']:5d} tokens   "
-        f"{speed(s['prompt_tokens_per_s'])}",
+        f"prompt    {s['prompt_eval_duration']:8.3f} s   {s['prompt_evaluated']:5d} tokens   "
+        f"{speed(s['prompt_tokens_per_s'])}   (of {s['prompt_eval_count']}; {s['prompt_eval_cached_count']} cached)",
         f"answer    {s['eval_duration']:8.3f} s   {s['eval_count']:5d} tokens   {speed(s['tokens_per_s'])}",
     ])
 
@@ -66,11 +79,14 @@ def to_row(final: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         **extra,
         "prompt_eval_count": s["prompt_eval_count"],
+        "prompt_eval_cached_count": s["prompt_eval_cached_count"],
+        "prompt_evaluated": s["prompt_evaluated"],
         "eval_count": s["eval_count"],
         "total_s": s["total_duration"],
         "load_s": s["load_duration"],
         "prompt_eval_s": s["prompt_eval_duration"],
         "eval_s": s["eval_duration"],
+        "wait_s": s["wait"],
         "prompt_tokens_per_s": s["prompt_tokens_per_s"],
         "tokens_per_s": s["tokens_per_s"],
         "done_reason": s["done_reason"],

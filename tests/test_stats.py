@@ -37,6 +37,18 @@ def test_summarize():
     assert s["done_reason"] == "stop"
 
 
+def test_summarize_counts_only_uncached_prompt_tokens_in_the_prompt_speed():
+    s = summarize({**FINAL, "prompt_eval_count": 110, "prompt_eval_cached_count": 100})
+    assert (s["prompt_eval_count"], s["prompt_eval_cached_count"], s["prompt_evaluated"]) == (110, 100, 10)
+    assert s["prompt_tokens_per_s"] == pytest.approx(40.0)  # 10 tokens read in 0.25 s
+
+
+def test_summarize_the_waiting_share():
+    # 2.0 s in all: 0.5 loading, 0.25 reading, 1.5 writing; no time left unaccounted here
+    assert summarize(FINAL)["wait"] == pytest.approx(0.0, abs=1e-9)
+    assert summarize({**FINAL, "total_duration": 3_000_000_000})["wait"] == pytest.approx(0.75)
+
+
 def test_summarize_a_load_answer_without_metrics():
     # An empty prompt only loads the model: the final object has no counts or durations.
     s = summarize({"model": "smollm2:135m", "response": "", "done": True, "done_reason": "load"})
