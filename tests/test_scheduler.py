@@ -105,8 +105,9 @@ async def test_a_job_yields_pieces_then_done(make, model):
         events = [event async for event in runner.run(job("hello big world"))]
     assert [e["ev"] for e in events] == ["progress", "piece", "piece", "piece", "done"]
     assert "".join(e["text"] for e in events if e["ev"] == "piece") == "hello big world"
-    assert events[-1] == {"ev": "done", "id": 1, "prompt_eval_count": 15, "prompt_eval_duration": 1000,
-                          "eval_count": 3, "eval_duration": 2000, "done_reason": "stop", "cancelled": False}
+    assert events[-1] == {"ev": "done", "id": 1, "prompt_eval_count": 15, "prompt_eval_cached_count": 0,
+                          "prompt_eval_duration": 1000, "eval_count": 3, "eval_duration": 2000, "done_reason": "stop",
+                          "cancelled": False}
     assert names(s) == ["tiny"]
     again, events = await answer(s, m)
     assert again is runner.process.proc and events[-1]["ev"] == "done"  # the model stays loaded

@@ -422,7 +422,10 @@ def _last_error_line(text: str) -> str:
 
 def _limit_resources(memory_limit: int) -> None:
     """Cap the child's address space, stop core dumps and bound its CPU time."""
-    import resource
+    try:
+        import resource
+    except ImportError:  # Windows: no rlimits; the parent's timeout still bounds the child
+        return
 
     for limit, value in ((resource.RLIMIT_AS, memory_limit), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_CPU, 600)):
         _, hard = resource.getrlimit(limit)

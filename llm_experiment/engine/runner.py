@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import anyio
 
@@ -44,7 +44,7 @@ class RunnerLimits:
     stall_timeout: float = 120.0  # no token or progress for this long: the runner is stuck
     grammar_timeout: float = 5.0  # turning a JSON schema into a grammar takes milliseconds, unless it loops
     memory: int = 8 << 30  # heap cap (RLIMIT_DATA), bytes; 0 = none
-    #: The program a runner process runs; the pipes' descriptors are appended. Tests put a fake here.
+    #: The program a runner process runs (it speaks on its standard input and output). Tests put a fake here.
     command: tuple[str, ...] = (sys.executable, "-m", "llm_experiment.engine.runner_main")
 
 
@@ -53,8 +53,6 @@ class RunnerProcess:
 
     def __init__(self, threads: int | None, limits: RunnerLimits):
         self.limits = limits
-        to_child_r, self._to_child = os.pipe()
-        self._from_child, from_child_w = os.pipe()
         env = dict(os.environ)
         if limits.memory:
             env[MEMORY_ENV] = str(limits.memory)
@@ -64,12 +62,10 @@ class RunnerProcess:
         # a busy one. Measured on 2 cores, decode tok/s: idle 65.6 (default spin) / 62.5 (this) / 41.3
         # (no spin); with two busy processes beside it 17.3 / 29.6 / 29.8. Set yours to override.
         env.setdefault("GOMP_SPINCOUNT", "20000")
-        self.proc = subprocess.Popen(
-            [*limits.command, str(to_child_r), str(from_child_w)],
-            pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, env=env,
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
+        # Commands go to its standard input, events come back on its standard output (its standard
+        # error is the server's, so llama.cpp's complaints land in the engine's log).
+        self.proc = subprocess.Popen(list(limits.command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._to_child: IO[bytes] = self.proc.stdin  # type: ignore[assignment]
         self.threads = threads
         self.exit_reason = ""
         self._write_lock = threading.Lock()
@@ -95,7 +91,7 @@ class RunnerProcess:
     def _read(self) -> None:
         """Thread: every line from the runner becomes an event on the loop; the end of the pipe, its exit."""
         assert self._loop is not None
-        with os.fdopen(self._from_child, "rb") as pipe:
+        with self.proc.stdout as pipe:  # type: ignore[union-attr]
             for line in pipe:
                 try:
                     event = json.loads(line)
@@ -131,11 +127,10 @@ class RunnerProcess:
         data = (json.dumps(command, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "replace")
         with self._write_lock:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._to_child, view):]
-            except OSError:
-                pass  # the runner is gone; its exit event tells the waiting request
+                self._to_child.write(data)
+                self._to_child.flush()
+            except (OSError, ValueError):
+                pass  # the runner is gone (or its pipe closed); its exit event tells the waiting request
 
     async def next_event(self) -> dict[str, Any]:
         assert self._events is not None
@@ -157,14 +152,14 @@ class RunnerProcess:
         """End the process: close its command pipe (it exits by itself), and kill it if it lingers."""
         self._stopping = True
         with contextlib.suppress(OSError):
-            os.close(self._to_child)
+            self._to_child.close()
         try:
             self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             self.kill("stopped")
         if self._reader is None:  # never attached: nobody else closes this end
             with contextlib.suppress(OSError):
-                os.close(self._from_child)
+                self.proc.stdout.close()  # type: ignore[union-attr]
 
 
 def _describe_exit(code: int) -> str:

@@ -1,7 +1,8 @@
 """Inside a runner process: load one model, then run the jobs the server sends, one at a time.
 
-The server starts ``python -m llm_experiment.engine.runner_main IN_FD OUT_FD`` (see :mod:`.runner`)
-and talks to it in JSON lines over two pipes:
+The server starts ``python -m llm_experiment.engine.runner_main`` (see :mod:`.runner`) and talks
+to it in JSON lines over its standard input and output (anything else that would print on standard
+output, llama.cpp included, is sent to standard error):
 
     server -> runner   {"op": "load", "path", "num_ctx", "threads"}    once, first
                        {"op": "run", "id", "kind", ...}                 a generation (see :func:`_run`)
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import resource
 import signal
 import sys
 import threading
@@ -46,6 +46,10 @@ def _die_with_parent() -> None:
 def _limit_memory() -> None:
     """Cap the heap (private writable memory): an allocation past it fails inside this process only."""
     limit = int(os.environ.get(MEMORY_ENV, "0") or 0)
+    try:
+        import resource
+    except ImportError:  # Windows: no rlimits; the watchdog still ends a runner that stops answering
+        return
     if limit > 0:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
@@ -86,12 +90,14 @@ class Channel:
         self.jobs.put(None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+def main() -> int:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is the server's to handle
     _limit_memory()
-    channel = Channel(int(args[0]), int(args[1]))
+    events = os.dup(1)  # our events go out on the real standard output...
+    os.dup2(2, 1)  # ...and whatever else writes to it (native code) lands on standard error
+    sys.stdout = sys.stderr
+    channel = Channel(0, events)
 
     from .llama import LlamaModel  # imports llama.cpp: done while the server waits for "loaded"
 
