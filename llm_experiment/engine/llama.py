@@ -168,6 +168,8 @@ class LlamaModel:
         With ``logprobs`` (the number of alternatives wanted, 0-20), each piece comes with the
         entries of the tokens it holds (see :meth:`_logprob`); otherwise that list is empty.
         """
+        if not prompt:
+            raise ValueError("the prompt is empty: there is nothing for the model to continue")
         llm = self.llm
         prompt = self._fit(prompt, opts)
         result = Generation(prompt_tokens=prompt, prompt_eval_count=len(prompt))

@@ -170,6 +170,7 @@ def _run(model: Any, job: dict[str, Any], channel: Channel) -> None:
 
 def _prompt_tokens(model: Any, job: dict[str, Any], fit_messages: Any, render: Any) -> list[int]:
     """The prompt as tokens: raw text, a generate prompt (after an earlier ``context``) or a chat."""
+    from .gotemplate import TemplateError
     from .options import check_context_tokens
 
     if job["kind"] == "raw":
@@ -181,7 +182,10 @@ def _prompt_tokens(model: Any, job: dict[str, Any], fit_messages: Any, render: A
         check_context_tokens(context, model.n_vocab)
         context = context[-model.num_ctx:]  # only the end of a longer context could fit the window
         before = model.detokenize(context) if context else ""  # Ollama prepends the old context as text
-        return model.tokenize(before + render(template, messages))
+        text = before + render(template, messages)
+        if not text.strip():
+            raise TemplateError("the model's TEMPLATE rendered an empty prompt")
+        return model.tokenize(text)
 
     def as_text(msgs: list[dict[str, Any]]) -> str:
         return render(template, msgs)
@@ -189,7 +193,12 @@ def _prompt_tokens(model: Any, job: dict[str, Any], fit_messages: Any, render: A
     def count(text: str) -> int:
         return len(model.tokenize(text))
 
-    return model.tokenize(as_text(fit_messages(messages, model.num_ctx, count, as_text)))
+    text = as_text(fit_messages(messages, model.num_ctx, count, as_text))
+    if not text.strip():
+        # A TEMPLATE that prints nothing for these messages (or nothing within its step budget):
+        # llama.cpp cannot start from an empty prompt.
+        raise TemplateError("the model's TEMPLATE rendered an empty prompt for these messages")
+    return model.tokenize(text)
 
 
 if __name__ == "__main__":
