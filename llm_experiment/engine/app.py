@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from . import completion, info, manage
+from . import completion, info, manage, openai_api
 from .origins import OllamaAccessMiddleware
 from .state import Engine
 from .wire import APIError, error
@@ -28,8 +28,9 @@ async def _not_yet(request: Request) -> Response:
                       "use a real Ollama server for it")
 
 
-NOT_YET = [("/api/push", ["POST"]), ("/api/embed", ["POST"]), ("/api/embeddings", ["POST"]),
-           ("/v1/{rest:path}", ["GET", "POST"])]
+NOT_YET = [("/api/push", ["POST"]), ("/api/embed", ["POST"]), ("/api/embeddings", ["POST"])]
+#: Ollama's OpenAI-compatible routes not built yet: 501 in OpenAI's error shape.
+OPENAI_NOT_YET = ["/v1/embeddings", "/v1/responses", "/v1/audio/transcriptions", "/v1/messages"]
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -74,7 +75,12 @@ def create_app(engine: Engine, *, listen_host: str = "127.0.0.1", origins: list[
         Route("/api/copy", partial(manage.copy, engine), methods=["POST"]),
         Route("/api/delete", partial(manage.delete, engine), methods=["DELETE"]),
         Route("/api/blobs/{digest}", partial(manage.blob, engine), methods=["HEAD", "POST"]),
+        Route("/v1/chat/completions", partial(openai_api.chat_completions, engine), methods=["POST"]),
+        Route("/v1/completions", partial(openai_api.completions, engine), methods=["POST"]),
+        Route("/v1/models", partial(openai_api.list_models, engine), methods=["GET"]),
+        Route("/v1/models/{model}", partial(openai_api.retrieve_model, engine), methods=["GET"]),
         *(Route(path, _not_yet, methods=methods) for path, methods in NOT_YET),
+        *(Route(path, openai_api.not_yet, methods=["POST"]) for path in OPENAI_NOT_YET),
     ]
     app = Starlette(routes=routes, exception_handlers={
         APIError: _api_error, HTTPException: _http_error, Exception: _server_error,

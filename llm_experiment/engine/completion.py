@@ -58,6 +58,11 @@ class Job:
 async def generate(engine: Engine, request: Request) -> Response:
     started = time.perf_counter_ns()
     body = await engine.body(request, "GenerateRequest")
+    return await generate_body(engine, request, body, started)
+
+
+async def generate_body(engine: Engine, request: Request, body: dict[str, Any], started: int) -> Response:
+    """``/api/generate`` for an already-decoded body (also how ``/v1/completions`` comes in)."""
     check_top_logprobs(body)
     name = body.get("model") or ""
     model = await engine.find(name, empty_status=404, empty_message=f"model '{name}' not found")
@@ -89,6 +94,11 @@ async def generate(engine: Engine, request: Request) -> Response:
 async def chat(engine: Engine, request: Request) -> Response:
     started = time.perf_counter_ns()
     body = await engine.body(request, "ChatRequest")
+    return await chat_body(engine, request, body, started)
+
+
+async def chat_body(engine: Engine, request: Request, body: dict[str, Any], started: int) -> Response:
+    """``/api/chat`` for an already-decoded body (also how ``/v1/chat/completions`` comes in)."""
     check_top_logprobs(body)
     name = body.get("model") or ""
     model = await engine.find(name, empty_status=400, empty_message="model is required")
@@ -274,12 +284,17 @@ async def _first(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
     raise APIError(500, "the runner ended the job without an answer")
 
 
-class _ReleasingStream(StreamingResponse):
+class ReleasingStream(StreamingResponse):
     """A streaming response that stops the job, then frees the model, however the response ends."""
 
-    def __init__(self, content: AsyncIterator[bytes], stack: AsyncExitStack):
-        super().__init__(content, media_type="application/x-ndjson")
+    def __init__(self, content: AsyncIterator[bytes], stack: AsyncExitStack,
+                 media_type: str = "application/x-ndjson"):
+        super().__init__(content, media_type=media_type)
         self._stack = stack
+
+    def rewrapped(self, content: AsyncIterator[bytes], media_type: str) -> ReleasingStream:
+        """The same job's stream with other bytes; ``content`` must close this body when it is closed."""
+        return ReleasingStream(content, self._stack, media_type)
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -311,7 +326,7 @@ async def run(job: Job, engine: Engine, request: Request) -> Response:
             first = await _first(events)  # as Ollama: an error before any text gets its own status
             if first["ev"] == "error":
                 raise APIError(first["status"], first["message"])
-            return _ReleasingStream(_ndjson(first, events, job, load_ns), stack)
+            return ReleasingStream(_ndjson(first, events, job, load_ns), stack)
     except BaseException:
         with anyio_shield():
             await stack.aclose()

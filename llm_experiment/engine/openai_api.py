@@ -1,0 +1,476 @@
+"""Ollama's OpenAI-compatible ``/v1`` routes, as its ``openai`` middleware builds them.
+
+Like Ollama, each request is translated into a native ``/api/chat`` or ``/api/generate`` body, run
+through the engine's own path (:mod:`.completion`), and the native answer (one JSON object, or
+NDJSON lines) is translated back: ``chat.completion`` objects, or server-sent events of
+``chat.completion.chunk`` / ``text_completion`` ending with ``data: [DONE]``. Errors take OpenAI's
+shape ``{"error": {"message", "type", "param", "code"}}`` with Ollama's status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import calendar
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..protocol import display_name, normalize_name, parse_name
+from . import completion
+from .state import MAX_KEYS, Engine
+from .wire import APIError, dumps
+
+log = logging.getLogger("llm_experiment.engine")
+
+FINGERPRINT = "fp_ollama"
+
+
+# answers -------------------------------------------------------------------------------------
+
+
+class OpenAIJSON(Response):
+    """``application/json`` written as Go's ``json.Encoder`` does (a trailing newline), as Ollama's middleware."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return (dumps(content) + "\n").encode()
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """OpenAI's error object, typed by status as Ollama's ``openai.NewError`` does."""
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def openai_error(status: int, message: str) -> OpenAIJSON:
+    return OpenAIJSON(error_body(status, message), status_code=status)
+
+
+def _sse(obj: Any) -> bytes:
+    return f"data: {dumps(obj)}\n\n".encode()
+
+
+DONE = b"data: [DONE]\n\n"
+
+Handler = Callable[[Engine, Request], Awaitable[Response]]
+
+
+def _openai_errors(handler: Handler) -> Handler:
+    """Turn the engine's errors (Ollama's shape) into OpenAI's, keeping the status."""
+
+    async def wrapped(engine: Engine, request: Request) -> Response:
+        try:
+            return await handler(engine, request)
+        except APIError as exc:
+            return openai_error(exc.status, exc.message)
+        except Exception as exc:  # noqa: BLE001 - an internal error still answers in OpenAI's shape
+            log.exception("internal error on %s", request.url.path)
+            return openai_error(500, f"internal error: {exc}")
+
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+async def not_yet(request: Request) -> Response:
+    """``/v1`` routes of Ollama's that this engine has not built yet."""
+    return openai_error(501, f"the embedded engine does not support {request.method} {request.url.path} yet; "
+                             "use a real Ollama server for it")
+
+
+# reading and checking requests ---------------------------------------------------------------
+
+
+async def _read(engine: Engine, request: Request, struct: str) -> dict[str, Any]:
+    """The body as a JSON object, within the engine's size limits; 400 with Go's text when unusable."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > engine.max_body:
+        raise APIError(413, "http: request body too large")
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > engine.max_body:
+            raise APIError(413, "http: request body too large")
+    if not raw.strip():
+        raise APIError(400, "EOF")
+    if raw.count(b'":') > MAX_KEYS:
+        raise APIError(413, f"request body has more than {MAX_KEYS} JSON object keys; send less at once")
+    try:
+        body = await asyncio.to_thread(json.loads, bytes(raw)) if len(raw) > 256 * 1024 else json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise APIError(400, f"invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise APIError(400, f"json: cannot unmarshal {_json_kind(body)} into Go value of type openai.{struct}")
+    return {k: v for k, v in body.items() if v is not None}  # null is Go's zero value
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return f"number {json.dumps(value)}"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), "null")
+
+
+def _go_type(value: Any) -> str:
+    """The Go dynamic type (``%T``) a JSON value decodes to in an ``any``."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "float64"
+    return {str: "string", list: "[]interface {}", dict: "map[string]interface {}"}.get(type(value), "<nil>")
+
+
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float64": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "float32": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+}
+
+CHAT_FIELDS = {
+    "model": "string", "messages": "array", "stream": "bool", "stream_options": "object", "max_tokens": "int",
+    "max_completion_tokens": "int", "seed": "int", "temperature": "float64", "frequency_penalty": "float64",
+    "presence_penalty": "float64", "top_p": "float64", "response_format": "object", "tools": "array",
+    "reasoning": "object", "reasoning_effort": "string", "logprobs": "bool", "top_logprobs": "int",
+}
+COMPLETION_FIELDS = {
+    "model": "string", "prompt": "string", "frequency_penalty": "float32", "max_tokens": "int",
+    "presence_penalty": "float32", "seed": "int", "stream": "bool", "stream_options": "object",
+    "temperature": "float32", "top_p": "float32", "suffix": "string", "logprobs": "int",
+}
+
+
+def _check_types(body: dict[str, Any], fields: dict[str, str], struct: str) -> None:
+    """Refuse a wrongly typed field with Go's ``UnmarshalTypeError`` text, as gin's binding does."""
+    for key, kind in fields.items():
+        if key in body and not _CHECKS[kind](body[key]):
+            go = {"messages": "[]openai.Message", "stream_options": "openai.StreamOptions",
+                  "response_format": "openai.ResponseFormat", "tools": "api.Tools",
+                  "reasoning": "openai.Reasoning"}.get(key, kind)
+            raise APIError(400, f"json: cannot unmarshal {_json_kind(body[key])} into Go struct field "
+                                f"{struct}.{key} of type {go}")
+
+
+def _stops(stop: Any, *, strict: bool) -> list[str] | None:
+    """``stop`` as a list: a string or a list of strings (others are dropped, or refused if ``strict``)."""
+    if isinstance(stop, str):
+        return [stop]
+    if not isinstance(stop, list):
+        return None
+    bad = [s for s in stop if not isinstance(s, str)]
+    if bad and strict:
+        raise APIError(400, f"invalid type for 'stop' field: {_go_type(bad[0])}")
+    return [s for s in stop if isinstance(s, str)] or None
+
+
+def _think(body: dict[str, Any]) -> bool | str | None:
+    """``reasoning.effort`` / ``reasoning_effort`` as Ollama's ``think`` value."""
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")
+    levels = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "max": "max",
+              "xhigh": "max", "ultra": "max"}
+    if not effort:
+        return None
+    if effort not in levels:
+        raise APIError(400, f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", "high", '
+                            '"xhigh", "ultra", "max", or "none")')
+    return levels[effort]
+
+
+def _image(url: Any) -> str:
+    """A base64 ``data:`` URL's payload, checked as Ollama's ``decodeImageURL``."""
+    if not isinstance(url, str):
+        raise APIError(400, "invalid message format")
+    if url.startswith(("http://", "https://")):
+        raise APIError(400, "image URLs are not currently supported, please use base64 encoded data instead")
+    prefixes = ["data:;base64,"] + [f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp")]
+    prefix = next((p for p in prefixes if url.startswith(p)), None)
+    if prefix is None:
+        raise APIError(400, "invalid image input")
+    try:
+        base64.b64decode(url[len(prefix):], validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, "invalid image input") from None
+    return url[len(prefix):]
+
+
+def _messages(given: list[Any]) -> list[dict[str, Any]]:
+    """OpenAI messages as native ones: one per text or image part, as Ollama's ``FromChatRequest``."""
+    out: list[dict[str, Any]] = []
+    for m in given:
+        if not isinstance(m, dict):
+            raise APIError(400, f"json: cannot unmarshal {_json_kind(m)} into Go struct field "
+                                "ChatCompletionRequest.messages of type openai.Message")
+        role = m.get("role") or ""
+        if not isinstance(role, str):
+            raise APIError(400, f"json: cannot unmarshal {_json_kind(role)} into Go struct field "
+                                "ChatCompletionRequest.messages.role of type string")
+        content = m.get("content")
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+        elif isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text" and isinstance(part.get("text"), str):
+                    out.append({"role": role, "content": part["text"]})
+                elif kind == "image_url":
+                    url = part.get("image_url")
+                    out.append({"role": role, "content": "",
+                                "images": [_image(url.get("url") if isinstance(url, dict) else url)]})
+                else:
+                    raise APIError(400, "invalid message format")
+        elif m.get("tool_calls"):
+            out.append({"role": role, "content": ""})  # an assistant turn that only called tools
+        else:
+            raise APIError(400, f"invalid message content type: {_go_type(content)}")
+    return out
+
+
+def chat_request(body: dict[str, Any]) -> dict[str, Any]:
+    """A ``/v1/chat/completions`` body as a native ``/api/chat`` body (Ollama's ``FromChatRequest``)."""
+    _check_types(body, CHAT_FIELDS, "ChatCompletionRequest")
+    if not body.get("messages"):
+        raise APIError(400, "[] is too short - 'messages'")
+    messages = _messages(body["messages"])
+    options: dict[str, Any] = {}
+    stop = _stops(body.get("stop"), strict=False)
+    if stop:
+        options["stop"] = stop
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    if max_tokens is not None:
+        options["num_predict"] = max_tokens
+    options["temperature"] = body.get("temperature", 1.0)
+    for key in ("seed", "frequency_penalty", "presence_penalty"):
+        if key in body:
+            options[key] = body[key]
+    options["top_p"] = body.get("top_p", 1.0)
+    native: dict[str, Any] = {"model": body.get("model", ""), "messages": messages, "options": options,
+                              "stream": bool(body.get("stream"))}
+    fmt = body.get("response_format") or {}
+    kind = str(fmt.get("type") or "").strip().lower()
+    if kind == "json_object":
+        native["format"] = "json"
+    elif kind == "json_schema" and isinstance(fmt.get("json_schema"), dict):
+        native["format"] = fmt["json_schema"].get("schema")
+    if body.get("tools"):
+        native["tools"] = body["tools"]
+    think = _think(body)
+    if think is not None:
+        native["think"] = think
+    if body.get("logprobs"):
+        native.update(logprobs=True, top_logprobs=body.get("top_logprobs", 0))
+    return native
+
+
+def completion_request(body: dict[str, Any]) -> dict[str, Any]:
+    """A ``/v1/completions`` body as a native ``/api/generate`` body (Ollama's ``FromCompleteRequest``)."""
+    _check_types(body, COMPLETION_FIELDS, "CompletionRequest")
+    options: dict[str, Any] = {}
+    stop = _stops(body.get("stop"), strict=True)
+    if stop:
+        options["stop"] = stop
+    if "max_tokens" in body:
+        options["num_predict"] = body["max_tokens"]
+    options["temperature"] = body.get("temperature", 1.0)
+    if "seed" in body:
+        options["seed"] = body["seed"]
+    options["frequency_penalty"] = body.get("frequency_penalty", 0.0)
+    options["presence_penalty"] = body.get("presence_penalty", 0.0)
+    options["top_p"] = body.get("top_p") or 1.0
+    native: dict[str, Any] = {"model": body.get("model", ""), "prompt": body.get("prompt", ""),
+                              "options": options, "stream": bool(body.get("stream"))}
+    if body.get("suffix"):
+        native["suffix"] = body["suffix"]
+    if body.get("logprobs", 0) > 0:
+        native.update(logprobs=True, top_logprobs=body["logprobs"])
+    return native
+
+
+# translating answers -------------------------------------------------------------------------
+
+
+def _unix(stamp: Any) -> int:
+    """An RFC 3339 ``created_at`` as Unix seconds (now, if missing)."""
+    try:
+        return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+    except (TypeError, ValueError):
+        return int(time.time())
+
+
+def usage(native: dict[str, Any]) -> dict[str, int]:
+    """OpenAI's usage from the native counts (Ollama's ``ToUsage``)."""
+    prompt, completion_ = native.get("prompt_eval_count", 0), native.get("eval_count", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion_, "total_tokens": prompt + completion_}
+
+
+def chat_completion(cid: str, native: dict[str, Any]) -> dict[str, Any]:
+    """A native ``/api/chat`` answer as a ``chat.completion`` (Ollama's ``ToChatCompletion``)."""
+    message = native.get("message") or {}
+    choice: dict[str, Any] = {"index": 0, "message": {"role": message.get("role", ""),
+                                                      "content": message.get("content", "")},
+                              "finish_reason": native.get("done_reason") or None}
+    if native.get("logprobs"):
+        choice["logprobs"] = {"content": native["logprobs"]}
+    return {"id": cid, "object": "chat.completion", "created": _unix(native.get("created_at")),
+            "model": native.get("model", ""), "system_fingerprint": FINGERPRINT, "choices": [choice],
+            "usage": usage(native)}
+
+
+def text_completion(cid: str, native: dict[str, Any]) -> dict[str, Any]:
+    """A native ``/api/generate`` answer as a ``text_completion`` (Ollama's ``ToCompletion``)."""
+    return {"id": cid, "object": "text_completion", "created": _unix(native.get("created_at")),
+            "model": native.get("model", ""), "system_fingerprint": FINGERPRINT,
+            "choices": [{"text": native.get("response", ""), "index": 0,
+                         "finish_reason": native.get("done_reason") or None}],
+            "usage": usage(native)}
+
+
+async def _lines(body: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """The native NDJSON stream as objects; closing this closes the native stream."""
+    pending = b""
+    try:
+        async for part in body:
+            pending += part
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+    finally:
+        await body.aclose()  # type: ignore[attr-defined]
+
+
+async def _chat_events(native: AsyncIterator[bytes], cid: str, include_usage: bool) -> AsyncIterator[bytes]:
+    """Native chat lines as ``chat.completion.chunk`` events (Ollama's ``ChatWriter``)."""
+    lines = _lines(native)
+    created: int | None = None
+    first_sent = False
+    try:
+        async for obj in lines:
+            if "error" in obj:  # a mid-stream error: the openai client raises on an "error" event
+                yield _sse(error_body(500, obj["error"]))
+                return
+            created = _unix(obj.get("created_at")) if created is None else created
+            head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": obj.get("model", ""),
+                    "system_fingerprint": FINGERPRINT}
+            content = (obj.get("message") or {}).get("content", "")
+            # the metrics-only trailer is not sent as a content chunk (unless nothing came before it)
+            if not (obj.get("done") and first_sent and not content and not obj.get("logprobs")):
+                delta = {"content": content} if first_sent else {"role": "assistant", "content": content}
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+                if obj.get("logprobs"):
+                    choice["logprobs"] = {"content": obj["logprobs"]}
+                yield _sse({**head, "choices": [choice]})
+                first_sent = True
+            if obj.get("done"):
+                reason = obj.get("done_reason") or "stop"
+                yield _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
+                if include_usage:
+                    yield _sse({**head, "choices": [], "usage": usage(obj)})
+                yield DONE
+                return
+    finally:
+        await lines.aclose()
+
+
+async def _completion_events(native: AsyncIterator[bytes], cid: str, include_usage: bool) -> AsyncIterator[bytes]:
+    """Native generate lines as ``text_completion`` events (Ollama's ``CompleteWriter``)."""
+    lines = _lines(native)
+    try:
+        async for obj in lines:
+            if "error" in obj:
+                yield _sse(error_body(500, obj["error"]))
+                return
+            event: dict[str, Any] = {
+                "id": cid, "object": "text_completion", "created": int(time.time()),
+                "choices": [{"text": obj.get("response", ""), "index": 0,
+                             "finish_reason": obj.get("done_reason") or None}],
+                "model": obj.get("model", ""), "system_fingerprint": FINGERPRINT}
+            if include_usage:
+                event["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            yield _sse(event)
+            if obj.get("done"):
+                if include_usage:
+                    yield _sse({**event, "choices": [], "usage": usage(obj)})
+                yield DONE
+                return
+    finally:
+        await lines.aclose()
+
+
+def _translate(native: Response, cid: str, include_usage: bool,
+               whole: Callable[[str, dict[str, Any]], dict[str, Any]],
+               events: Callable[[AsyncIterator[bytes], str, bool], AsyncIterator[bytes]]) -> Response:
+    """A native answer in OpenAI's shape: a stream becomes SSE, one object becomes one object."""
+    if isinstance(native, completion.ReleasingStream):
+        return native.rewrapped(events(native.body_iterator, cid, include_usage), "text/event-stream")
+    if native.status_code != 200:  # 499: the client hung up, nobody reads this
+        return native
+    return OpenAIJSON(whole(cid, json.loads(native.body)))
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+# the routes ----------------------------------------------------------------------------------
+
+
+@_openai_errors
+async def chat_completions(engine: Engine, request: Request) -> Response:
+    """``POST /v1/chat/completions``."""
+    started = time.perf_counter_ns()
+    body = await _read(engine, request, "ChatCompletionRequest")
+    native = await completion.chat_body(engine, request, chat_request(body), started)
+    return _translate(native, f"chatcmpl-{random.randrange(999)}", _include_usage(body),
+                      chat_completion, _chat_events)
+
+
+@_openai_errors
+async def completions(engine: Engine, request: Request) -> Response:
+    """``POST /v1/completions``."""
+    started = time.perf_counter_ns()
+    body = await _read(engine, request, "CompletionRequest")
+    native = await completion.generate_body(engine, request, completion_request(body), started)
+    return _translate(native, f"cmpl-{random.randrange(999)}", _include_usage(body),
+                      text_completion, _completion_events)
+
+
+def _model_entry(name: str, modified_ns: int) -> dict[str, Any]:
+    parts = parse_name(name)
+    return {"id": name, "object": "model", "created": modified_ns // 1_000_000_000,
+            "owned_by": parts[1] if parts else ""}
+
+
+@_openai_errors
+async def list_models(engine: Engine, request: Request) -> Response:
+    """``GET /v1/models``: the local models, newest first (``data`` is null when there are none, as in Ollama)."""
+    models = await asyncio.to_thread(engine.store.all)
+    models = sorted(models, key=lambda m: m.modified_ns, reverse=True)
+    data = [_model_entry(m.name, m.modified_ns) for m in models]
+    return OpenAIJSON({"object": "list", "data": data or None})
+
+
+@_openai_errors
+async def retrieve_model(engine: Engine, request: Request) -> Response:
+    """``GET /v1/models/{model}``: one model, or 404 with Ollama's ``ShowHandler`` message."""
+    name = request.path_params["model"]
+    full = normalize_name(name)
+    if full is None:
+        raise APIError(400, "invalid model name")
+    model = await asyncio.to_thread(engine.store.get, name)
+    if model is None:
+        raise APIError(404, f"model '{display_name(full)}' not found")
+    return OpenAIJSON(_model_entry(name, model.modified_ns))
