@@ -55,7 +55,10 @@ def small_queue_engine(tmp_path_factory):
 def test_past_the_queue_bound_the_answer_is_503(small_queue_engine):
     url = small_queue_engine.url
     busy = requests.post(url + "/api/generate", json=LONG, stream=True, timeout=60)
-    first = json.loads(next(busy.iter_lines()))
+    # Keep the line iterator: dropped, it is garbage-collected at some later moment, and urllib3
+    # then closes the connection (a half-read stream), which ends the busy request early.
+    lines = busy.iter_lines()
+    first = json.loads(next(lines))
     assert first.get("done") is False, first  # the model is now busy with this request
     results: list[requests.Response] = []
     threads = [threading.Thread(target=lambda: results.append(short(url, "Hi"))) for _ in range(2)]

@@ -109,6 +109,72 @@ def test_completion_stream_with_usage(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3
 
 
+def test_response(client):
+    r = client.responses.create(model=MODEL, input="Hi", max_output_tokens=8)
+    assert r.object == "response" and r.id.startswith("resp_") and r.status == "completed"
+    assert r.model == MODEL and r.created_at > 0 and r.output_text
+    [item] = r.output
+    assert item.type == "message" and item.role == "assistant" and item.content[0].type == "output_text"
+    assert r.usage.input_tokens > 0 and 0 < r.usage.output_tokens <= 8
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    assert r.max_output_tokens == 8 and r.temperature == 1.0 and r.instructions is None
+
+
+def test_response_instructions_and_items(client):
+    r = client.responses.create(model=MODEL, instructions="You are terse.", temperature=0, top_p=0.9,
+                                max_output_tokens=6, input=[
+                                    {"role": "user", "content": "Say hello."},
+                                    {"type": "message", "role": "assistant",
+                                     "content": [{"type": "output_text", "text": "Hello."}]},
+                                    {"type": "message", "role": "user",
+                                     "content": [{"type": "input_text", "text": "Again."}]}])
+    assert r.output_text and r.instructions == "You are terse." and (r.temperature, r.top_p) == (0, 0.9)
+    short = client.responses.create(model=MODEL, input="Again.", max_output_tokens=6)
+    assert r.usage.input_tokens > short.usage.input_tokens  # the instructions and earlier turns were sent
+
+
+def test_response_stream(client):
+    events = list(client.responses.create(model=MODEL, input="Hi", max_output_tokens=5, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          "response.completed"]
+    assert set(kinds[4:-4]) == {"response.output_text.delta"}
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    done = events[-1].response
+    assert text and events[-4].text == text and done.output_text == text and done.status == "completed"
+    assert done.usage.output_tokens == 5 and len({e.response.id for e in (events[0], events[-1])}) == 1
+
+
+def test_response_wire_format_and_errors(url):
+    r = requests.post(url + "/v1/responses", json={"model": MODEL, "input": "Hi", "max_output_tokens": 1,
+                                                   "stream": True}, timeout=120)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    first = r.text.split("\n\n")[0].split("\n")
+    assert first[0] == "event: response.created" and json.loads(first[1][len("data: "):])["sequence_number"] == 0
+    for body, status, message in [
+        ({"input": 3}, 400, "input must be a string or array: json: cannot unmarshal number 3 into Go value of "
+                            "type []json.RawMessage"),
+        ({"input": [{"content": "x"}]}, 400, "input[0]: input item missing required 'type' field"),
+        ({"input": [{"type": "image"}]}, 400, 'input[0]: unknown input item type: "image"'),
+        ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, 400,
+         "file inputs are not currently supported"),
+        ({"input": "x", "max_output_tokens": "8"}, 400, "json: cannot unmarshal string into Go struct field "
+                                                         "ResponsesRequest.max_output_tokens of type int"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, 501,
+         "does not support function_call_output input items"),
+    ]:
+        r = requests.post(url + "/v1/responses", json={"model": MODEL, **body}, timeout=30)
+        assert r.status_code == status and message in r.json()["error"]["message"], (body, r.text)
+
+
+def test_response_is_stateless(client):
+    r = client.responses.create(model=MODEL, input="Hi", max_output_tokens=2, previous_response_id="resp_1")
+    assert r.status == "completed" and r.previous_response_id is None  # ignored, as Ollama does
+
+
 def test_models_list_and_retrieve(client):
     ids = [m.id for m in client.models.list()]
     assert MODEL in ids

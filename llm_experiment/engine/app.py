@@ -30,7 +30,7 @@ async def _not_yet(request: Request) -> Response:
 
 NOT_YET = [("/api/push", ["POST"]), ("/api/embed", ["POST"]), ("/api/embeddings", ["POST"])]
 #: Ollama's OpenAI-compatible routes not built yet: 501 in OpenAI's error shape.
-OPENAI_NOT_YET = ["/v1/embeddings", "/v1/responses", "/v1/audio/transcriptions", "/v1/messages"]
+OPENAI_NOT_YET = ["/v1/embeddings", "/v1/audio/transcriptions", "/v1/messages"]
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -77,6 +77,7 @@ def create_app(engine: Engine, *, listen_host: str = "127.0.0.1", origins: list[
         Route("/api/blobs/{digest}", partial(manage.blob, engine), methods=["HEAD", "POST"]),
         Route("/v1/chat/completions", partial(openai_api.chat_completions, engine), methods=["POST"]),
         Route("/v1/completions", partial(openai_api.completions, engine), methods=["POST"]),
+        Route("/v1/responses", partial(openai_api.responses, engine), methods=["POST"]),
         Route("/v1/models", partial(openai_api.list_models, engine), methods=["GET"]),
         Route("/v1/models/{model}", partial(openai_api.retrieve_model, engine), methods=["GET"]),
         *(Route(path, _not_yet, methods=methods) for path, methods in NOT_YET),

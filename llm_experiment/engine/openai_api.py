@@ -3,7 +3,8 @@
 Like Ollama, each request is translated into a native ``/api/chat`` or ``/api/generate`` body, run
 through the engine's own path (:mod:`.completion`), and the native answer (one JSON object, or
 NDJSON lines) is translated back: ``chat.completion`` objects, or server-sent events of
-``chat.completion.chunk`` / ``text_completion`` ending with ``data: [DONE]``. Errors take OpenAI's
+``chat.completion.chunk`` / ``text_completion`` ending with ``data: [DONE]``; ``/v1/responses`` (stateless,
+text only) answers a ``response`` object, or its named events (``event: response.created`` ...). Errors take OpenAI's
 shape ``{"error": {"message", "type", "param", "code"}}`` with Ollama's status codes.
 """
 
@@ -152,13 +153,26 @@ COMPLETION_FIELDS = {
 }
 
 
+RESPONSES_FIELDS = {
+    "model": "string", "background": "bool", "include": "array", "instructions": "string",
+    "max_output_tokens": "int", "reasoning": "object", "temperature": "float64", "text": "object",
+    "top_p": "float64", "truncation": "string", "tools": "array", "stream": "bool",
+}
+GO_TYPES = {
+    "ChatCompletionRequest": {"messages": "[]openai.Message", "stream_options": "openai.StreamOptions",
+                              "response_format": "openai.ResponseFormat", "tools": "api.Tools",
+                              "reasoning": "openai.Reasoning"},
+    "CompletionRequest": {"stream_options": "openai.StreamOptions"},
+    "ResponsesRequest": {"include": "[]string", "max_output_tokens": "int", "reasoning": "openai.ResponsesReasoning",
+                         "text": "openai.ResponsesText", "tools": "[]openai.ResponsesTool"},
+}
+
+
 def _check_types(body: dict[str, Any], fields: dict[str, str], struct: str) -> None:
     """Refuse a wrongly typed field with Go's ``UnmarshalTypeError`` text, as gin's binding does."""
     for key, kind in fields.items():
         if key in body and not _CHECKS[kind](body[key]):
-            go = {"messages": "[]openai.Message", "stream_options": "openai.StreamOptions",
-                  "response_format": "openai.ResponseFormat", "tools": "api.Tools",
-                  "reasoning": "openai.Reasoning"}.get(key, kind)
+            go = GO_TYPES[struct].get(key, kind)
             raise APIError(400, f"json: cannot unmarshal {_json_kind(body[key])} into Go struct field "
                                 f"{struct}.{key} of type {go}")
 
@@ -298,6 +312,89 @@ def completion_request(body: dict[str, Any]) -> dict[str, Any]:
     return native
 
 
+def _not_yet_feature(what: str) -> APIError:
+    return APIError(501, f"the embedded engine does not support {what} in /v1/responses yet; "
+                         "use a real Ollama server for it")
+
+
+def _responses_content(i: int, content: Any) -> dict[str, Any]:
+    """A Responses message's content (a string, or input_text / output_text / input_image parts) as one message."""
+    if isinstance(content, str):
+        return {"content": content}
+    if content is None:
+        return {"content": ""}
+    if not isinstance(content, list):
+        raise APIError(400, f"input[{i}]: content must be a string or array: json: cannot unmarshal "
+                            f"{_json_kind(content)} into Go value of type []json.RawMessage")
+    text, images = "", []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise APIError(400, f"input[{i}]: content[{j}]: json: cannot unmarshal {_json_kind(part)} into Go "
+                                'value of type struct { Type string "json:\\"type\\"" }')
+        kind = part.get("type")
+        if kind in ("input_text", "output_text"):
+            text += part.get("text") or ""
+        elif kind == "input_image":
+            if part.get("image_url"):  # a file_id alone is skipped, as in Ollama
+                images.append(_image(part["image_url"]))
+        elif kind == "input_file":
+            raise APIError(400, "file inputs are not currently supported")
+        else:
+            raise APIError(400, f"input[{i}]: content[{j}]: unknown content type: {kind or ''}")
+    return {"content": text, "images": images} if images else {"content": text}
+
+
+def responses_request(body: dict[str, Any]) -> dict[str, Any]:
+    """A ``/v1/responses`` body as a native ``/api/chat`` body (Ollama's ``FromResponsesRequest``).
+
+    Stateless, as Ollama: ``previous_response_id``, ``conversation``, ``store`` and the like are ignored.
+    Function tools and function-call items are not built yet (501).
+    """
+    _check_types(body, RESPONSES_FIELDS, "ResponsesRequest")
+    messages: list[dict[str, Any]] = []
+    if body.get("instructions"):
+        messages.append({"role": "system", "content": body["instructions"]})
+    given = body.get("input", "")
+    if isinstance(given, str):
+        if given:
+            messages.append({"role": "user", "content": given})
+    elif isinstance(given, list):
+        for i, item in enumerate(given):
+            if not isinstance(item, dict):
+                raise APIError(400, f"input[{i}]: json: cannot unmarshal {_json_kind(item)} into Go value of type "
+                                    'struct { Type string "json:\\"type\\""; Role string "json:\\"role\\"" }')
+            kind = item.get("type") or ("message" if item.get("role") else "")
+            if kind == "message":
+                messages.append({"role": item.get("role") or "", **_responses_content(i, item.get("content"))})
+            elif kind in ("reasoning", "web_search_call"):
+                continue  # history metadata; this engine keeps no thinking to merge it into
+            elif kind in ("function_call", "function_call_output"):
+                raise _not_yet_feature(f"{kind} input items")
+            elif not kind:
+                raise APIError(400, f"input[{i}]: input item missing required 'type' field")
+            else:
+                raise APIError(400, f"input[{i}]: unknown input item type: {json.dumps(kind)}")
+    else:
+        raise APIError(400, f"input must be a string or array: json: cannot unmarshal {_json_kind(given)} "
+                            "into Go value of type []json.RawMessage")
+    if body.get("tools"):
+        raise _not_yet_feature("tools")
+    options: dict[str, Any] = {"temperature": body.get("temperature", 1.0)}
+    if "top_p" in body:  # no default here, as in Ollama: the model's own applies
+        options["top_p"] = body["top_p"]
+    if "max_output_tokens" in body:
+        options["num_predict"] = body["max_output_tokens"]
+    native: dict[str, Any] = {"model": body.get("model", ""), "messages": messages, "options": options,
+                              "stream": bool(body.get("stream"))}
+    fmt = (body.get("text") or {}).get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and fmt.get("schema") is not None:
+        native["format"] = fmt["schema"]
+    think = _think(body)
+    if think is not None:
+        native["think"] = think
+    return native
+
+
 # translating answers -------------------------------------------------------------------------
 
 
@@ -335,6 +432,44 @@ def text_completion(cid: str, native: dict[str, Any]) -> dict[str, Any]:
             "choices": [{"text": native.get("response", ""), "index": 0,
                          "finish_reason": native.get("done_reason") or None}],
             "usage": usage(native)}
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message_item(item_id: str, text: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "status": "completed", "role": "assistant",
+            "content": [_output_text(text)]}
+
+
+def responses_usage(native: dict[str, Any]) -> dict[str, Any]:
+    prompt, completion_ = native.get("prompt_eval_count", 0), native.get("eval_count", 0)
+    return {"input_tokens": prompt, "output_tokens": completion_, "total_tokens": prompt + completion_,
+            "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+
+
+def response_object(request: dict[str, Any], rid: str, status: str, created_at: int, output: list[Any],
+                    usage_: dict[str, Any] | None) -> dict[str, Any]:
+    """A ``response`` object echoing the request, as Ollama's ``ToResponse`` / ``buildResponseObject``."""
+    reasoning = request.get("reasoning") or {}
+    fmt = (request.get("text") or {}).get("format")
+    fmt = {k: v for k, v in fmt.items() if k in ("type", "name", "schema", "strict")} \
+        if isinstance(fmt, dict) else {"type": "text"}
+    return {
+        "id": rid, "object": "response", "created_at": created_at,
+        "completed_at": int(time.time()) if status == "completed" else None, "status": status,
+        "incomplete_details": None, "model": request.get("model", ""), "previous_response_id": None,
+        "instructions": request.get("instructions") or None, "output": output, "error": None, "tools": [],
+        "tool_choice": "auto", "truncation": request.get("truncation", "disabled"), "parallel_tool_calls": True,
+        "text": {"format": fmt}, "top_p": request.get("top_p", 1.0), "presence_penalty": 0,
+        "frequency_penalty": 0, "top_logprobs": 0, "temperature": request.get("temperature", 1.0),
+        "reasoning": ({"effort": reasoning.get("effort") or None, "summary": reasoning.get("summary") or None}
+                      if reasoning.get("effort") or reasoning.get("summary") else None),
+        "usage": usage_, "max_output_tokens": request.get("max_output_tokens"), "max_tool_calls": None,
+        "store": False, "background": bool(request.get("background")), "service_tier": "default",
+        "metadata": {}, "safety_identifier": None, "prompt_cache_key": None,
+    }
 
 
 async def _lines(body: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
@@ -409,6 +544,74 @@ async def _completion_events(native: AsyncIterator[bytes], cid: str, include_usa
         await lines.aclose()
 
 
+class _ResponseEvents:
+    """Native chat lines as the Responses API's named events (Ollama's ``ResponsesStreamConverter``, text only)."""
+
+    def __init__(self, request: dict[str, Any], rid: str, item_id: str):
+        self.request, self.rid, self.item_id = request, rid, item_id
+        self.sequence = 0
+        self.text: str | None = None  # None until the message item is opened by the first text
+
+    def event(self, kind: str, **data: Any) -> bytes:
+        data.update(type=kind, sequence_number=self.sequence)
+        self.sequence += 1
+        return f"event: {kind}\ndata: {dumps(data)}\n\n".encode()
+
+    def response(self, status: str, output: list[Any], usage_: dict[str, Any] | None = None) -> dict[str, Any]:
+        return response_object(self.request, self.rid, status, int(time.time()), output, usage_)
+
+    def start(self) -> list[bytes]:
+        return [self.event("response.created", response=self.response("in_progress", [])),
+                self.event("response.in_progress", response=self.response("in_progress", []))]
+
+    def text_delta(self, content: str) -> list[bytes]:
+        where = {"item_id": self.item_id, "output_index": 0}
+        events = []
+        if self.text is None:
+            self.text = ""
+            events += [self.event("response.output_item.added", output_index=0,
+                                  item={"id": self.item_id, "type": "message", "status": "in_progress",
+                                        "role": "assistant", "content": []}),
+                       self.event("response.content_part.added", **where, content_index=0, part=_output_text(""))]
+        self.text += content
+        return events + [self.event("response.output_text.delta", **where, content_index=0, delta=content,
+                                    logprobs=[])]
+
+    def finish(self, native: dict[str, Any]) -> list[bytes]:
+        events, output = [], []
+        if self.text is not None:
+            where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+            item = _message_item(self.item_id, self.text)
+            events += [self.event("response.output_text.done", **where, text=self.text, logprobs=[]),
+                       self.event("response.content_part.done", **where, part=_output_text(self.text)),
+                       self.event("response.output_item.done", output_index=0, item=item)]
+            output.append(item)
+        return events + [self.event("response.completed",
+                                    response=self.response("completed", output, responses_usage(native)))]
+
+
+async def _response_events(native: AsyncIterator[bytes], request: dict[str, Any], rid: str,
+                           item_id: str) -> AsyncIterator[bytes]:
+    lines = _lines(native)
+    events = _ResponseEvents(request, rid, item_id)
+    try:
+        for e in events.start():
+            yield e
+        async for obj in lines:
+            if "error" in obj:  # a mid-stream error: the openai client raises on an "error" payload
+                yield f"event: error\ndata: {dumps(error_body(500, obj['error']))}\n\n".encode()
+                return
+            content = (obj.get("message") or {}).get("content", "")
+            for e in (events.text_delta(content) if content else []):
+                yield e
+            if obj.get("done"):
+                for e in events.finish(obj):
+                    yield e
+                return
+    finally:
+        await lines.aclose()
+
+
 def _translate(native: Response, cid: str, include_usage: bool,
                whole: Callable[[str, dict[str, Any]], dict[str, Any]],
                events: Callable[[AsyncIterator[bytes], str, bool], AsyncIterator[bytes]]) -> Response:
@@ -446,6 +649,25 @@ async def completions(engine: Engine, request: Request) -> Response:
     native = await completion.generate_body(engine, request, completion_request(body), started)
     return _translate(native, f"cmpl-{random.randrange(999)}", _include_usage(body),
                       text_completion, _completion_events)
+
+
+@_openai_errors
+async def responses(engine: Engine, request: Request) -> Response:
+    """``POST /v1/responses`` (stateless, text only)."""
+    started = time.perf_counter_ns()
+    body = await _read(engine, request, "ResponsesRequest")
+    native = await completion.chat_body(engine, request, responses_request(body), started)
+    rid, item_id = f"resp_{random.randrange(999999)}", f"msg_{random.randrange(999999)}"
+    if isinstance(native, completion.ReleasingStream):
+        stream = native.rewrapped(_response_events(native.body_iterator, body, rid, item_id), "text/event-stream")
+        stream.headers.update({"cache-control": "no-cache", "connection": "keep-alive"})
+        return stream
+    if native.status_code != 200:  # 499: the client hung up, nobody reads this
+        return native
+    answer = json.loads(native.body)
+    text = (answer.get("message") or {}).get("content", "")
+    return OpenAIJSON(response_object(body, rid, "completed", _unix(answer.get("created_at")),
+                                      [_message_item(item_id, text)], responses_usage(answer)))
 
 
 def _model_entry(name: str, modified_ns: int) -> dict[str, Any]:
