@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from .options import DurationError, parse_keep_alive
-from .wire import APIError
+from .wire import APIError, go_quote
 
 # Nesting deeper than this is refused: Python's parser and the code that walks a request recurse,
 # and Python's stack is far smaller than Go's (whose decoder allows 10000 levels).
@@ -587,29 +587,3 @@ def _quote_char(c: int) -> str:
     if c == ord('"'):
         return "'\"'"
     return "'" + go_quote(chr(c))[1:-1] + "'"
-
-
-_GO_ESCAPES = {7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v"}
-
-
-def go_quote(s: str) -> str:
-    """Go's ``strconv.Quote`` (and ``%q``): printable runes as they are, the rest escaped."""
-    if s.isascii() and s.isprintable():
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    out = ['"']
-    for c in s:
-        code = ord(c)
-        if c in '"\\':
-            out.append("\\" + c)
-        elif c.isprintable():
-            out.append(c)
-        elif code in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[code])
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)

@@ -26,7 +26,7 @@ from starlette.responses import Response
 
 from ..protocol import display_name, normalize_name, parse_name
 from . import completion
-from .state import MAX_KEYS, Engine
+from .state import DECODE_IN_THREAD, Engine
 from .wire import APIError, dumps
 
 log = logging.getLogger("llm_experiment.engine")
@@ -92,20 +92,11 @@ async def not_yet(request: Request) -> Response:
 
 async def _read(engine: Engine, request: Request, struct: str) -> dict[str, Any]:
     """The body as a JSON object, within the engine's size limits; 400 with Go's text when unusable."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > engine.max_body:
-        raise APIError(413, "http: request body too large")
-    raw = bytearray()
-    async for part in request.stream():
-        raw += part
-        if len(raw) > engine.max_body:
-            raise APIError(413, "http: request body too large")
+    raw = await engine.read(request)
     if not raw.strip():
         raise APIError(400, "EOF")
-    if raw.count(b'":') > MAX_KEYS:
-        raise APIError(413, f"request body has more than {MAX_KEYS} JSON object keys; send less at once")
     try:
-        body = await asyncio.to_thread(json.loads, bytes(raw)) if len(raw) > 256 * 1024 else json.loads(raw)
+        body = await asyncio.to_thread(json.loads, raw) if len(raw) > DECODE_IN_THREAD else json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise APIError(400, f"invalid JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -15,7 +15,7 @@ from typing import Any
 
 from .gguf_info import GGUFError, GGUFInfo, read_gguf
 from .models import Model
-from .wire import APIError, local_time
+from .wire import APIError, go_quote, local_time
 
 # Ollama hides these from model_info: the name, and the chat template (shown as TEMPLATE instead).
 _HIDDEN = {"general.name", "tokenizer.chat_template"}
@@ -197,26 +197,3 @@ def go_float(x: float) -> str:
     if point >= len(digits):
         return f"{minus}{digits}{'0' * (point - len(digits))}"
     return f"{minus}{digits[:point]}.{digits[point:]}"
-
-
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
-               '"': '\\"', "\\": "\\\\"}
-
-
-def go_quote(text: str) -> str:
-    """``text`` as Go's ``strconv.Quote`` writes it (what ``%#v`` prints for a string)."""
-    out = ['"']
-    for ch in text:
-        code = ord(ch)
-        if ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif ch.isprintable():  # Python's printable is Go's unicode.IsPrint: L, M, N, P, S and the ASCII space
-            out.append(ch)
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)

@@ -101,3 +101,29 @@ def local_time(ns: int) -> str:
         return text + "Z"
     sign = "+" if offset > 0 else "-"
     return f"{text}{sign}{abs(offset) // 3600:02d}:{abs(offset) % 3600 // 60:02d}"
+
+
+_QUOTE_ESCAPES = {7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v"}
+
+
+def go_quote(s: str) -> str:
+    """Go's ``strconv.Quote`` (and ``%q``): printable runes as they are, the rest escaped."""
+    if s.isascii() and s.isprintable():
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    out = ['"']
+    for c in s:
+        code = ord(c)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        elif code in _QUOTE_ESCAPES:
+            out.append(_QUOTE_ESCAPES[code])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
