@@ -46,19 +46,15 @@ import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-# tests/ too: the hostile GGUF files are made by tests/hostile_gguf.py, shared with tests/test_engine_hostile.py
+# tests/ too: the hostile GGUF files (tests/hostile_gguf.py) and the documented 500s (tests/support.py) are shared
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from hostile_gguf import HOSTILE_GGUFS, bundled_metadata, renamed, write_gguf  # noqa: E402
+from support import DOCUMENTED_500  # noqa: E402 - the same list the fuzz test accepts
 
 from llm_experiment.embedded import EmbeddedServer  # noqa: E402
 
 MODEL = "smollm2:135m"
-DOCUMENTED_500 = re.compile(
-    r'^(option "[^"]*" must be of |invalid format: |invalid JSON schema in format|model runner has unexpectedly '
-    r"stopped|llama runner process has terminated|template: |pull model manifest: file does not exist"
-    r"|failed to marshal completion request: json: unsupported value"  # a float32 option past float32
-    r"|json: cannot unmarshal \w+ into Go value of type (\[\])?string$)")  # create: a license neither text nor list
 #: A runner's unplanned end as the engine logs it (unloads and shutdowns are logged at INFO).
 RUNNER_STOPPED = re.compile(r"WARNING runner (\d+) stopped: (.*)")
 OUTCOMES = ["correct (2xx/4xx)", "documented 5xx", "undocumented 5xx", "hang (timeout)", "crash"]

@@ -1,7 +1,8 @@
-"""What the tests share: the model name, greedy options, and starting extra engines."""
+"""What the tests share: the model name, greedy options, the documented 500s, and starting extra engines."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import IO
 
@@ -10,6 +11,12 @@ from llm_experiment.embedded import EmbeddedServer
 MODEL = "smollm2:135m"
 #: Deterministic output for assertions on content.
 GREEDY = {"temperature": 0, "seed": 42}
+#: The 500s a client may get from Ollama for a request (everything else must be a 2xx or a 4xx).
+DOCUMENTED_500 = re.compile(
+    r'^(option "[^"]*" must be of |invalid format: |invalid JSON schema in format|model runner has unexpectedly '
+    r"stopped|llama runner process has terminated|template: |pull model manifest: file does not exist"
+    r"|failed to marshal completion request: json: unsupported value"  # a float32 option past float32
+    r"|json: cannot unmarshal \w+ into Go value of type (\[\])?string$)")  # create: a license neither text nor list
 
 
 class RunningEngine:

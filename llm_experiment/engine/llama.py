@@ -7,6 +7,7 @@ child process the server can kill and replace (see :mod:`.runner`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -101,8 +102,6 @@ def grammar_for(fmt: Any) -> llama_cpp.LlamaGrammar | None:
         return None
     if fmt == "json":
         return _json_grammar()
-    import json
-
     try:
         return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
     except Exception as exc:  # noqa: BLE001 - llama-cpp-python raises several kinds for a schema it cannot convert

@@ -603,15 +603,15 @@ async def _response_events(native: AsyncIterator[bytes], request: dict[str, Any]
         await lines.aclose()
 
 
-def _translate(native: Response, cid: str, include_usage: bool,
-               whole: Callable[[str, dict[str, Any]], dict[str, Any]],
-               events: Callable[[AsyncIterator[bytes], str, bool], AsyncIterator[bytes]]) -> Response:
-    """A native answer in OpenAI's shape: a stream becomes SSE, one object becomes one object."""
+def _translate(native: Response, whole: Callable[[dict[str, Any]], dict[str, Any]],
+               events: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]) -> Response:
+    """A native answer in OpenAI's shape: a stream becomes SSE (``events`` of its NDJSON lines), one
+    object becomes one object (``whole`` of it)."""
     if isinstance(native, completion.ReleasingStream):
-        return native.rewrapped(events(native.body_iterator, cid, include_usage), "text/event-stream")
+        return native.rewrapped(events(native.body_iterator), "text/event-stream")
     if native.status_code != 200:  # 499: the client hung up, nobody reads this
         return native
-    return OpenAIJSON(whole(cid, json.loads(native.body)))
+    return OpenAIJSON(whole(json.loads(native.body)))
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
@@ -628,8 +628,9 @@ async def chat_completions(engine: Engine, request: Request) -> Response:
     started = time.perf_counter_ns()
     body = await _read(engine, request, "ChatCompletionRequest")
     native = await completion.chat_body(engine, request, chat_request(body), started)
-    return _translate(native, f"chatcmpl-{random.randrange(999)}", _include_usage(body),
-                      chat_completion, _chat_events)
+    cid, usage = f"chatcmpl-{random.randrange(999)}", _include_usage(body)
+    return _translate(native, lambda answer: chat_completion(cid, answer),
+                      lambda lines: _chat_events(lines, cid, usage))
 
 
 @_openai_errors
@@ -638,8 +639,9 @@ async def completions(engine: Engine, request: Request) -> Response:
     started = time.perf_counter_ns()
     body = await _read(engine, request, "CompletionRequest")
     native = await completion.generate_body(engine, request, completion_request(body), started)
-    return _translate(native, f"cmpl-{random.randrange(999)}", _include_usage(body),
-                      text_completion, _completion_events)
+    cid, usage = f"cmpl-{random.randrange(999)}", _include_usage(body)
+    return _translate(native, lambda answer: text_completion(cid, answer),
+                      lambda lines: _completion_events(lines, cid, usage))
 
 
 @_openai_errors
@@ -649,16 +651,16 @@ async def responses(engine: Engine, request: Request) -> Response:
     body = await _read(engine, request, "ResponsesRequest")
     native = await completion.chat_body(engine, request, responses_request(body), started)
     rid, item_id = f"resp_{random.randrange(999999)}", f"msg_{random.randrange(999999)}"
-    if isinstance(native, completion.ReleasingStream):
-        stream = native.rewrapped(_response_events(native.body_iterator, body, rid, item_id), "text/event-stream")
-        stream.headers.update({"cache-control": "no-cache", "connection": "keep-alive"})
-        return stream
-    if native.status_code != 200:  # 499: the client hung up, nobody reads this
-        return native
-    answer = json.loads(native.body)
-    text = (answer.get("message") or {}).get("content", "")
-    return OpenAIJSON(response_object(body, rid, "completed", _unix(answer.get("created_at")),
-                                      [_message_item(item_id, text)], responses_usage(answer)))
+
+    def whole(answer: dict[str, Any]) -> dict[str, Any]:
+        text = (answer.get("message") or {}).get("content", "")
+        return response_object(body, rid, "completed", _unix(answer.get("created_at")),
+                               [_message_item(item_id, text)], responses_usage(answer))
+
+    answer = _translate(native, whole, lambda lines: _response_events(lines, body, rid, item_id))
+    if isinstance(answer, completion.ReleasingStream):
+        answer.headers.update({"cache-control": "no-cache", "connection": "keep-alive"})
+    return answer
 
 
 def _model_entry(name: str, modified_ns: int) -> dict[str, Any]:

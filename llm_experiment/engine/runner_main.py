@@ -130,7 +130,6 @@ def _run(model: Any, job: dict[str, Any], channel: Channel) -> None:
     from .gotemplate import TemplateError
     from .llama import grammar_for
     from .options import InvalidTokenError, Options
-    from .prompt import fit_messages, render
 
     jid = job["id"]
     opts = Options(**job["options"])
@@ -143,7 +142,7 @@ def _run(model: Any, job: dict[str, Any], channel: Channel) -> None:
             channel.send({"ev": "error", "id": jid, "status": 500, "message": str(exc)})
             return
     try:
-        prompt = _prompt_tokens(model, job, fit_messages, render)
+        prompt = _prompt_tokens(model, job)
     except TemplateError as exc:
         channel.send({"ev": "error", "id": jid, "status": 500, "message": f"template: {exc}"})
         return
@@ -168,10 +167,11 @@ def _run(model: Any, job: dict[str, Any], channel: Channel) -> None:
     channel.send({"ev": "done", "id": jid, **done})
 
 
-def _prompt_tokens(model: Any, job: dict[str, Any], fit_messages: Any, render: Any) -> list[int]:
+def _prompt_tokens(model: Any, job: dict[str, Any]) -> list[int]:
     """The prompt as tokens: raw text, a generate prompt (after an earlier ``context``) or a chat."""
     from .gotemplate import TemplateError
     from .options import check_context_tokens
+    from .prompt import fit_messages, render
 
     if job["kind"] == "raw":
         return model.tokenize(job["prompt"])
@@ -183,17 +183,14 @@ def _prompt_tokens(model: Any, job: dict[str, Any], fit_messages: Any, render: A
         context = context[-model.num_ctx:]  # only the end of a longer context could fit the window
         before = model.detokenize(context) if context else ""  # Ollama prepends the old context as text
         text = before + render(template, messages)
-        if not text.strip():
-            raise TemplateError("the model's TEMPLATE rendered an empty prompt")
-        return model.tokenize(text)
+    else:
+        def as_text(msgs: list[dict[str, Any]]) -> str:
+            return render(template, msgs)
 
-    def as_text(msgs: list[dict[str, Any]]) -> str:
-        return render(template, msgs)
+        def count(text: str) -> int:
+            return len(model.tokenize(text))
 
-    def count(text: str) -> int:
-        return len(model.tokenize(text))
-
-    text = as_text(fit_messages(messages, model.num_ctx, count, as_text))
+        text = as_text(fit_messages(messages, model.num_ctx, count, as_text))
     if not text.strip():
         # A TEMPLATE that prints nothing for these messages (or nothing within its step budget):
         # llama.cpp cannot start from an empty prompt.
