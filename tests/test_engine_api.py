@@ -77,7 +77,7 @@ def test_pull_of_an_unknown_model_fails_as_in_ollama(url):
     assert (r.status_code, r.json()) == (500, {"error": "pull model manifest: file does not exist"})
 
 
-@pytest.mark.parametrize("method, path", [("POST", "/api/embed"), ("POST", "/api/push")])
+@pytest.mark.parametrize("method, path", [("POST", "/api/push")])
 def test_routes_not_built_yet_say_so(url, method, path):
     r = requests.request(method, url + path, json={"model": MODEL}, timeout=10)
     assert r.status_code == 501 and "does not support" in r.json()["error"]

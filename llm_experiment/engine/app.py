@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from . import completion, info, manage, openai_api
+from . import completion, embed, info, manage, openai_api
 from .origins import OllamaAccessMiddleware
 from .state import Engine
 from .wire import APIError, error
@@ -28,9 +28,9 @@ async def _not_yet(request: Request) -> Response:
                       "use a real Ollama server for it")
 
 
-NOT_YET = [("/api/push", ["POST"]), ("/api/embed", ["POST"]), ("/api/embeddings", ["POST"])]
+NOT_YET = [("/api/push", ["POST"])]
 #: Ollama's OpenAI-compatible routes not built yet: 501 in OpenAI's error shape.
-OPENAI_NOT_YET = ["/v1/embeddings", "/v1/audio/transcriptions", "/v1/messages"]
+OPENAI_NOT_YET = ["/v1/audio/transcriptions", "/v1/messages"]
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -70,6 +70,8 @@ def create_app(engine: Engine, *, listen_host: str = "127.0.0.1", origins: list[
         Route("/api/show", partial(info.show, engine), methods=["POST"]),
         Route("/api/generate", partial(completion.generate, engine), methods=["POST"]),
         Route("/api/chat", partial(completion.chat, engine), methods=["POST"]),
+        Route("/api/embed", partial(embed.embed, engine), methods=["POST"]),
+        Route("/api/embeddings", partial(embed.embeddings, engine), methods=["POST"]),
         Route("/api/pull", partial(manage.pull, engine), methods=["POST"]),
         Route("/api/create", partial(manage.create, engine), methods=["POST"]),
         Route("/api/copy", partial(manage.copy, engine), methods=["POST"]),
@@ -78,6 +80,7 @@ def create_app(engine: Engine, *, listen_host: str = "127.0.0.1", origins: list[
         Route("/v1/chat/completions", partial(openai_api.chat_completions, engine), methods=["POST"]),
         Route("/v1/completions", partial(openai_api.completions, engine), methods=["POST"]),
         Route("/v1/responses", partial(openai_api.responses, engine), methods=["POST"]),
+        Route("/v1/embeddings", partial(openai_api.embeddings, engine), methods=["POST"]),
         Route("/v1/models", partial(openai_api.list_models, engine), methods=["GET"]),
         Route("/v1/models/{model}", partial(openai_api.retrieve_model, engine), methods=["GET"]),
         *(Route(path, _not_yet, methods=methods) for path, methods in NOT_YET),

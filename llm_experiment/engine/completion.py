@@ -33,7 +33,7 @@ from .options import (
 from .runner import anyio_shield
 from .show import context_length
 from .state import Engine
-from .wire import APIError, JSONResponse, ndjson_line, timestamp
+from .wire import APIError, JSONResponse, go_quote, ndjson_line, timestamp
 
 
 @dataclass
@@ -74,6 +74,7 @@ async def generate_body(engine: Engine, request: Request, body: dict[str, Any], 
         return done_without_generating("generate", name, "unload")
     if raw and (body.get("template") or body.get("system") or body.get("context")):
         raise APIError(400, "raw mode does not support template, system, or context")
+    check_completion(model, name, "generate")
     check_capabilities(model, body, insert=bool(body.get("suffix")), vision=bool(body.get("images")))
     if body.get("template"):
         raise APIError(400, "the embedded engine does not support the template field yet; leave it out")
@@ -107,6 +108,7 @@ async def chat_body(engine: Engine, request: Request, body: dict[str, Any], star
     if not given and keep_alive == 0:
         engine.scheduler.unload(model)
         return done_without_generating("chat", name, "unload")
+    check_completion(model, name, "chat")
     check_capabilities(model, body, tools=bool(body.get("tools")), vision=any(m.get("images") for m in given))
     messages = model.messages + [_message(m) for m in given]  # a model's MESSAGE turns come first
     if messages and model.system and messages[0]["role"] != "system":
@@ -159,6 +161,12 @@ def keep_alive_of(body: dict[str, Any]) -> float | None:
         return parse_keep_alive(body.get("keep_alive"))
     except DurationError as exc:
         raise APIError(400, str(exc)) from None
+
+
+def check_completion(model: Model, name: str, route: str) -> None:
+    """An embedding model cannot generate text: Ollama's 400 ``"all-minilm" does not support generate``."""
+    if "completion" not in model.capabilities:
+        raise APIError(400, f"{go_quote(name)} does not support {route}")
 
 
 def check_capabilities(model: Model, body: dict[str, Any], *, insert: bool = False, tools: bool = False,

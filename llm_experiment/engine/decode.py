@@ -47,6 +47,10 @@ FIELDS: dict[str, dict[str, str]] = {
         "parser": "string", "requires": "string", "info": "map[string]interface {}", "name": "string",
         "quantization": "string",
     },
+    "EmbedRequest": {"model": "string", "input": "interface {}", "keep_alive": "*api.Duration", "truncate": "bool",
+                     "dimensions": "int", "options": "map[string]interface {}"},
+    "EmbeddingRequest": {"model": "string", "prompt": "string", "keep_alive": "*api.Duration",
+                         "options": "map[string]interface {}"},
     "CopyRequest": {"source": "string", "destination": "string"},
     "DeleteRequest": {"model": "string", "name": "string"},
 }

@@ -107,6 +107,12 @@ class GGUFInfo:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
+    def capabilities(self) -> list[str]:
+        """``["embedding"]`` if the file names a pooling type (a sentence-embedding model), else
+        ``["completion"]``: Ollama's rule (``Model.Capabilities`` in server/images.go)."""
+        return ["embedding"] if f"{self.architecture}.pooling_type" in self.metadata else ["completion"]
+
+    @property
     def quantization_level(self) -> str:
         """The name of ``general.file_type``, as Ollama shows it (``"unknown"`` if absent or 0, as in Ollama)."""
         value = self.metadata.get("general.file_type")

@@ -34,6 +34,13 @@ PREFILL_CHUNK = 512
 CHARS_PER_TOKEN_AT_MOST = 16
 #: Characters kept from the start of a clipped text: more than the ``num_keep`` tokens :meth:`_fit` keeps.
 CLIP_HEAD = 256
+#: Tokens an embedding model evaluates per batch, many inputs together (llama-server's batch in Ollama).
+EMBED_BATCH = 2048
+#: Inputs per ``embed`` call; the runner reports progress (and checks for a cancel) between calls.
+EMBED_INPUTS_PER_CALL = 64
+#: An embedding input longer than its token limit times this many characters is clipped before tokenizing
+#: (generous: a WordPiece token may stand for a whole long word).
+EMBED_CHARS_PER_TOKEN_AT_MOST = 64
 
 _patch_lock = threading.Lock()
 
@@ -124,14 +131,26 @@ class Generation:
 
 
 class LlamaModel:
-    """A model loaded into memory, with a context window of ``num_ctx`` tokens."""
+    """A model loaded into memory, with a context window of ``num_ctx`` tokens.
 
-    def __init__(self, path: str, num_ctx: int, threads: int | None = None):
+    With ``embedding`` (a model whose GGUF names a pooling type, like all-minilm) the context
+    computes pooled sentence vectors instead of next-token logits: see :meth:`embed`.
+    """
+
+    def __init__(self, path: str, num_ctx: int, threads: int | None = None, embedding: bool = False):
         threads = threads or os.cpu_count() or 1
         start = time.perf_counter_ns()
         # Ollama uses every physical core; llama-cpp-python's default is half of them.
-        self.llm = load_llama(path, n_ctx=num_ctx, n_threads=threads, n_threads_batch=threads,
-                              n_batch=PREFILL_CHUNK, verbose=False)
+        if embedding:
+            # Several inputs share one batch (as llama-server's, EMBED_BATCH tokens); each input is at
+            # most num_ctx tokens, and an encoder sees its whole input at once (n_ubatch = n_batch).
+            size = max(num_ctx, EMBED_BATCH)
+            self.llm = load_llama(path, n_ctx=size, n_batch=size, n_ubatch=size, n_threads=threads,
+                                  n_threads_batch=threads, embedding=True, verbose=False)
+        else:
+            self.llm = load_llama(path, n_ctx=num_ctx, n_threads=threads, n_threads_batch=threads,
+                                  n_batch=PREFILL_CHUNK, verbose=False)
+        self.embedding = embedding
         self.load_duration = time.perf_counter_ns() - start
         self.num_ctx = num_ctx
         self._vocab = self.llm._model.vocab
@@ -271,5 +290,69 @@ class LlamaModel:
             progress()
         return len(prompt) - cached
 
+    # embeddings ----------------------------------------------------------------------------
+
+    def embed(self, texts: list[str], *, truncate: bool, limit: int, dimensions: int,
+              progress: Callable[[], None] = lambda: None,
+              cancelled: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, int]:
+        """Unit-length vectors for ``texts`` (float32, one row each) and the tokens evaluated, as Ollama's
+        ``/api/embed``: each input is cut to ``limit`` tokens counting [CLS] and [SEP] (or refused
+        with ``truncate=False``), its pooled vector L2-normalised, then cut to ``dimensions`` (0: all)
+        and normalised again. Raises :class:`EmbedError` with Ollama's message and status."""
+        room = limit - self._special_count()  # Ollama's adjustTokenLimit: room for [CLS] and [SEP]
+        if room <= 0:
+            raise EmbedError(400, "input after truncation exceeds maximum context length")
+        fitted = [self._fit_input(text, room, truncate) for text in texts]
+        vectors: list[np.ndarray] = []
+        count = 0
+        for start in range(0, len(fitted), EMBED_INPUTS_PER_CALL):
+            if cancelled():
+                raise EmbedError(499, "request canceled")
+            rows, tokens = self.llm.embed(fitted[start:start + EMBED_INPUTS_PER_CALL], normalize=False,
+                                          truncate=False, return_count=True)
+            vectors.append(np.asarray(rows, dtype=np.float32))
+            count += tokens
+            progress()
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, self.llm.n_embd()), np.float32)
+        matrix = _normalized(matrix)
+        if 0 < dimensions < matrix.shape[1]:
+            matrix = _normalized(matrix[:, :dimensions])
+        return matrix, count
+
+    def _special_count(self) -> int:
+        """How many special tokens the tokenizer adds around a text (2 for BERT's [CLS] ... [SEP])."""
+        return len(self.llm.tokenize(b"", add_bos=True, special=False))
+
+    def _fit_input(self, text: str, room: int, truncate: bool) -> str:
+        """``text`` cut to ``room`` tokens (without the special ones), as Ollama does it: by tokens,
+        then back to text. A text far longer than any context is clipped first, so a hostile input
+        costs no more tokenizing than a long one."""
+        head = text[:room * EMBED_CHARS_PER_TOKEN_AT_MOST]
+        tokens = self.llm.tokenize(head.encode("utf-8", errors="replace"), add_bos=False, special=False)
+        if len(tokens) <= room and len(head) == len(text):
+            return text
+        if not truncate:
+            raise EmbedError(400, "the input length exceeds the context length")
+        if len(tokens) <= room:  # clipped, yet few tokens (one huge "word"): keep what fits
+            return head
+        return self.llm.detokenize(tokens[:room]).decode("utf-8", errors="replace")
+
     def close(self) -> None:
         self.llm.close()
+
+
+class EmbedError(Exception):
+    """An input the model cannot embed: Ollama's status and message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _normalized(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (Ollama's ``normalize``: a zero row stays zero); NaN or Inf refused."""
+    if not np.isfinite(matrix).all():
+        raise EmbedError(400, "embedding contains NaN or Inf values")
+    norms = np.sqrt(np.square(matrix, dtype=np.float32).sum(axis=1, keepdims=True, dtype=np.float32))
+    return (matrix / np.maximum(norms, np.float32(1e-12))).astype(np.float32)

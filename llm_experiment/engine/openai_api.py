@@ -25,9 +25,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..protocol import display_name, normalize_name, parse_name
-from . import completion
+from . import completion, embed
 from .state import DECODE_IN_THREAD, Engine
-from .wire import APIError, dumps
+from .wire import APIError, dumps, go_float32_array
 
 log = logging.getLogger("llm_experiment.engine")
 
@@ -149,11 +149,13 @@ RESPONSES_FIELDS = {
     "max_output_tokens": "int", "reasoning": "object", "temperature": "float64", "text": "object",
     "top_p": "float64", "truncation": "string", "tools": "array", "stream": "bool",
 }
+EMBEDDING_FIELDS = {"model": "string", "dimensions": "int", "encoding_format": "string"}
 GO_TYPES = {
     "ChatCompletionRequest": {"messages": "[]openai.Message", "stream_options": "openai.StreamOptions",
                               "response_format": "openai.ResponseFormat", "tools": "api.Tools",
                               "reasoning": "openai.Reasoning"},
     "CompletionRequest": {"stream_options": "openai.StreamOptions"},
+    "EmbedRequest": {},
     "ResponsesRequest": {"include": "[]string", "max_output_tokens": "int", "reasoning": "openai.ResponsesReasoning",
                          "text": "openai.ResponsesText", "tools": "[]openai.ResponsesTool"},
 }
@@ -661,6 +663,40 @@ async def responses(engine: Engine, request: Request) -> Response:
     if isinstance(answer, completion.ReleasingStream):
         answer.headers.update({"cache-control": "no-cache", "connection": "keep-alive"})
     return answer
+
+
+@_openai_errors
+async def embeddings(engine: Engine, request: Request) -> Response:
+    """``POST /v1/embeddings``: ``/api/embed`` underneath; vectors as floats or base64 of little-endian float32."""
+    started = time.perf_counter_ns()
+    body = await _read(engine, request, "EmbedRequest")
+    _check_types(body, EMBEDDING_FIELDS, "EmbedRequest")
+    fmt = body.get("encoding_format") or ""
+    if fmt and fmt.lower() not in ("float", "base64"):
+        raise APIError(400, f"Invalid value for 'encoding_format' = {fmt}. Supported values: ['float', 'base64'].")
+    given = body.get("input")
+    if given == "":
+        given = [""]  # Ollama's middleware embeds an empty string rather than nothing
+    if given is None or given == []:
+        raise APIError(400, "invalid input")
+    inputs = embed.inputs_of(given)
+    name = body.get("model") or ""
+    result = await embed.embed_vectors(engine, request, {"model": name}, inputs, started=started,
+                                       empty_status=404, empty_message=f"model '{name}' not found",
+                                       dimensions=max(body.get("dimensions") or 0, 0))
+    text = await asyncio.to_thread(_embedding_list, name, result, fmt.lower() == "base64")
+    return Response(text, media_type="application/json")
+
+
+def _embedding_list(name: str, result: embed.Embeddings, as_base64: bool) -> str:
+    """OpenAI's ``list`` of ``embedding`` objects, as Ollama's ``ToEmbeddingList`` writes it."""
+    items = []
+    for i, row in enumerate(result.vectors):
+        vector = dumps(base64.b64encode(row.astype("<f4").tobytes()).decode()) if as_base64 else go_float32_array(row)
+        items.append(f'{{"object":"embedding","embedding":{vector},"index":{i}}}')
+    tokens = result.prompt_eval_count
+    return (f'{{"object":"list","data":[{",".join(items)}],"model":{dumps(name)},'
+            f'"usage":{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}\n')
 
 
 def _model_entry(name: str, modified_ns: int) -> dict[str, Any]:

@@ -193,7 +193,8 @@ class Runner:
         process.last_event = time.monotonic()
         try:
             await asyncio.to_thread(process.send, {"op": "load", "path": str(model.path), "num_ctx": num_ctx,
-                                                   "threads": process.threads})
+                                                   "threads": process.threads,
+                                                   "embedding": "embedding" in model.capabilities})
             event = await process.next_event()
         except BaseException:  # the request was cancelled while loading: no half-loaded process stays behind
             process.kill("the load was abandoned")

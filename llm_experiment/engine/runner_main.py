@@ -4,14 +4,16 @@ The server starts ``python -m llm_experiment.engine.runner_main`` (see :mod:`.ru
 to it in JSON lines over its standard input and output (anything else that would print on standard
 output, llama.cpp included, is sent to standard error):
 
-    server -> runner   {"op": "load", "path", "num_ctx", "threads"}    once, first
+    server -> runner   {"op": "load", "path", "num_ctx", "threads", "embedding"}   once, first
                        {"op": "run", "id", "kind", ...}                 a generation (see :func:`_run`)
+                                                                        or embeddings (kind "embed", :func:`_embed`)
                        {"op": "cancel", "id"}                           stop that generation after this token
     runner -> server   {"ev": "loaded", "load_duration", "n_vocab"}
                        {"ev": "phase", "id", "phase": "grammar"}       slow native work starts: a short deadline
                        {"ev": "progress", "id"}                         still working (prompt chunks)
                        {"ev": "piece", "id", "text", "logprobs"?}      generated text (logprobs if asked)
                        {"ev": "done", "id", ...counts and durations}    the end of a generation
+                       {"ev": "done", "id", "vectors", "dim", ...}      the end of an embedding job
                        {"ev": "error", "id", "status", "message"}      a request the model cannot run
 
 Anything that goes wrong in native code (a crash, an abort, an endless loop) ends or stalls this
@@ -26,6 +28,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from dataclasses import asdict
 from typing import IO, Any
 
@@ -105,7 +108,7 @@ def main() -> int:
     if load is None:
         return 0
     try:
-        model = LlamaModel(load["path"], load["num_ctx"], load.get("threads"))
+        model = LlamaModel(load["path"], load["num_ctx"], load.get("threads"), bool(load.get("embedding")))
     except Exception as exc:  # noqa: BLE001 - llama-cpp-python raises ValueError and others for a bad file
         channel.send({"ev": "error", "id": 0, "status": 500, "message": f"error loading model: {exc}"})
         return 1
@@ -125,9 +128,36 @@ def main() -> int:
     return 0
 
 
+def _embed(model: Any, job: dict[str, Any], channel: Channel) -> None:
+    """Embed ``job["inputs"]``; answer the unit vectors as base64 of little-endian float32 rows."""
+    import base64
+
+    from .llama import EmbedError
+
+    jid = job["id"]
+    start = time.perf_counter_ns()
+    try:
+        matrix, count = model.embed(job["inputs"], truncate=job["truncate"], limit=job["limit"],
+                                    dimensions=job["dimensions"], cancelled=channel.cancel.is_set,
+                                    progress=lambda: channel.send({"ev": "progress", "id": jid}))
+    except EmbedError as exc:
+        channel.send({"ev": "error", "id": jid, "status": exc.status, "message": exc.message})
+        return
+    channel.send({"ev": "done", "id": jid, "vectors": base64.b64encode(matrix.astype("<f4").tobytes()).decode(),
+                  "dim": int(matrix.shape[1]), "prompt_eval_count": count,
+                  "prompt_eval_duration": time.perf_counter_ns() - start})
+
+
 def _run(model: Any, job: dict[str, Any], channel: Channel) -> None:
     """One generation: build the grammar and the prompt, generate, report the counts."""
     from .gotemplate import TemplateError
+
+    if job["kind"] == "embed":
+        _embed(model, job, channel)
+        return
+    if model.embedding:  # the server never sends this; a runner that would crash on it refuses instead
+        channel.send({"ev": "error", "id": job["id"], "status": 400, "message": "this model only makes embeddings"})
+        return
     from .llama import grammar_for
     from .options import InvalidTokenError, Options
 

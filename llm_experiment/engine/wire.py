@@ -39,6 +39,30 @@ def go_float(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+def go_float32_array(values: Any) -> str:
+    """A JSON array of float32 values as Go writes a ``[]float32``: each the shortest decimal that
+    reads back as the same float32 (``0.010071031``, not the float64 ``0.010071031483888626``), in
+    Go's notation (see :func:`go_float`). ``values`` is a 1-D numpy float32 array; must be finite."""
+    parts = [str(x) for x in values]  # numpy prints a float32 with its own shortest round-trip digits
+    for i, text in enumerate(parts):
+        if "e" in text or text.endswith(".0") or text[-1] in "nf":  # exponent form, "1.0", "nan"/"inf": rare
+            parts[i] = _go_float32(text)
+    return "[" + ",".join(parts) + "]"
+
+
+def _go_float32(text: str) -> str:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"json: unsupported value: {text}")
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
+        mantissa, _, exponent = text.partition("e")
+        return f"{mantissa.removesuffix('.0')}e{int(exponent):+03d}".replace("e+0", "e+").replace("e-0", "e-")
+    if "e" in text:
+        text = format(Decimal(text), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
 def _has_float(obj: Any) -> bool:
     stack = [obj]
     while stack:
