@@ -16,7 +16,10 @@ DOCUMENTED_500 = re.compile(
     r'^(option "[^"]*" must be of |invalid format: |invalid JSON schema in format|model runner has unexpectedly '
     r"stopped|llama runner process has terminated|template: |pull model manifest: file does not exist"
     r"|failed to marshal completion request: json: unsupported value"  # a float32 option past float32
-    r"|json: cannot unmarshal \w+ into Go value of type (\[\])?string$)")  # create: a license neither text nor list
+    r"|json: cannot unmarshal \w+ into Go value of type (\[\])?string$"  # create: a license neither text nor list
+    # the legacy /api/embeddings answers every failure of the embedding itself with 500, as Ollama
+    r"|the input length exceeds the context length$|input after truncation exceeds maximum context length$"
+    r'|"[^"]*" does not support embeddings)')
 
 
 class RunningEngine:

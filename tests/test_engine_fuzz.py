@@ -1,4 +1,4 @@
-"""Random request bodies for /api/generate, /api/chat, /api/create and /api/show (hypothesis).
+"""Random request bodies for /api/generate, /api/chat, /api/create, /api/show and the embedding routes (hypothesis).
 
 Each body mixes valid and hostile fields: wrong types, lone surrogates, huge numbers, broken JSON.
 Whatever it is, the answer must be a 2xx or a 4xx, or one of the 500s Ollama documents (a wrongly
@@ -135,6 +135,21 @@ show_bodies = st.fixed_dictionaries(
     {}, optional={"model": names, "name": names, "verbose": usually(st.booleans()), "system": anything,
                   "options": anything})
 
+EMBED_MODEL = "all-minilm"
+embed_names = usually(st.sampled_from([EMBED_MODEL, "ALL-MINILM:22m"]), names)
+embed_inputs = usually(st.one_of(st.lists(texts, max_size=4), texts), anything)
+embed_bodies = st.fixed_dictionaries(
+    {"model": embed_names},
+    optional={"input": embed_inputs, "truncate": usually(st.booleans()), "dimensions": usually(st.integers(-5, 500)),
+              "keep_alive": keep_alives, "options": usually(options, bad_options), "extra": anything})
+embeddings_bodies = st.fixed_dictionaries(
+    {"model": embed_names},
+    optional={"prompt": usually(texts), "keep_alive": keep_alives, "options": usually(options, bad_options)})
+openai_embedding_bodies = st.fixed_dictionaries(
+    {"model": embed_names},
+    optional={"input": embed_inputs, "dimensions": usually(st.integers(-5, 500)),
+              "encoding_format": usually(st.sampled_from(["float", "base64", "BASE64"]), texts), "user": anything})
+
 
 def encoded(body: Any, cut: int | None) -> bytes:
     """The body as JSON (lone surrogates as \\u escapes), or its first ``cut`` bytes (broken JSON)."""
@@ -156,9 +171,14 @@ def check_answer(response: requests.Response, sent: bytes) -> None:
     status = response.status_code
     if status >= 400:
         body = response.json()
-        assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], where
-        if status >= 500:
-            assert status == 500 and DOCUMENTED_500.match(body["error"]), where
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):  # the /v1 routes: OpenAI's {"error": {"message", "type", ...}}
+            error = error.get("message")
+        assert isinstance(error, str) and error, where
+        if status == 501:  # as current Ollama: a completion model does not embed
+            assert "does not support embeddings" in error, where
+        elif status >= 500:
+            assert status == 500 and DOCUMENTED_500.match(error), where
         return
     assert 200 <= status < 300, where
     if not response.content:
@@ -225,3 +245,21 @@ def test_create_survives_any_body(engine: RunningEngine, body: dict[str, Any], c
 @given(body=show_bodies, cut=cuts)
 def test_show_survives_any_body(engine: RunningEngine, body: dict[str, Any], cut: int | None) -> None:
     exchange(engine.url, "/api/show", body, cut)
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(body=embed_bodies, cut=cuts)
+def test_embed_survives_any_body(engine: RunningEngine, body: dict[str, Any], cut: int | None) -> None:
+    exchange(engine.url, "/api/embed", body, cut)
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(body=embeddings_bodies, cut=cuts)
+def test_legacy_embeddings_survive_any_body(engine: RunningEngine, body: dict[str, Any], cut: int | None) -> None:
+    exchange(engine.url, "/api/embeddings", body, cut)
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(body=openai_embedding_bodies, cut=cuts)
+def test_openai_embeddings_survive_any_body(engine: RunningEngine, body: dict[str, Any], cut: int | None) -> None:
+    exchange(engine.url, "/v1/embeddings", body, cut)

@@ -95,6 +95,13 @@ def test_chat_json_schema_parse(client):
     assert isinstance(city, City)
 
 
+def test_beta_parse_as_older_code_calls_it(client):
+    """Code written for openai 1.x calls ``client.beta.chat.completions.parse``; it still works."""
+    r = client.beta.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": "Describe Rome."}],
+                                           max_tokens=60, temperature=0, response_format=City)
+    assert isinstance(r.choices[0].message.parsed, City) and r.usage.completion_tokens > 0
+
+
 def test_completion(client):
     r = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=4, temperature=0)
     assert r.object == "text_completion" and r.id.startswith("cmpl-") and r.model == MODEL

