@@ -341,7 +341,7 @@ async def run(job: Job, engine: Engine, request: Request) -> Response:
         raise
     async with stack:
         collecting = asyncio.create_task(_collect(events))
-        hangup = asyncio.create_task(_disconnected(request))
+        hangup = asyncio.create_task(disconnected(request))
         await asyncio.wait({collecting, hangup}, return_when=asyncio.FIRST_COMPLETED)
         hangup.cancel()
         if not collecting.done():  # the client went away: stop generating
@@ -385,7 +385,7 @@ async def _ndjson(first: dict[str, Any], events: AsyncIterator[dict[str, Any]], 
             return
 
 
-async def _disconnected(request: Request) -> None:
+async def disconnected(request: Request) -> None:
     """Return when the client hangs up while we compute a non-streamed answer."""
     while True:
         message = await request.receive()

@@ -21,7 +21,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .completion import keep_alive_of, options_of
+from .completion import disconnected, keep_alive_of, options_of
 from .options import clamp_num_ctx
 from .show import context_length
 from .state import Engine
@@ -102,7 +102,7 @@ async def _until_done(events: Any, request: Request) -> dict[str, Any]:
 
     try:
         working = asyncio.create_task(last())
-        hangup = asyncio.create_task(_disconnected(request))
+        hangup = asyncio.create_task(disconnected(request))
         await asyncio.wait({working, hangup}, return_when=asyncio.FIRST_COMPLETED)
         hangup.cancel()
         if not working.done():
@@ -114,10 +114,6 @@ async def _until_done(events: Any, request: Request) -> dict[str, Any]:
     finally:
         await events.aclose()  # cancels the job in the runner if it is still going
 
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 # the routes -----------------------------------------------------------------------------------
