@@ -49,11 +49,21 @@ def _check(args: argparse.Namespace) -> int:
     return main(args.server, args.model, not args.no_pull)
 
 
+def _chatbot(args: argparse.Namespace) -> int:
+    from .chatbot import serve
+
+    if args.read_timeout <= 0:
+        print("error: --read-timeout must be more than 0 seconds", file=sys.stderr)
+        return 2
+    return serve(args.host, args.port, log_level=args.log_level, upstream=args.upstream, model=args.model,
+                 system=args.system, read_timeout=args.read_timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-experiment",
         description="Tools of the LLM Experiment course. `serve` runs the embedded Ollama-compatible engine; "
-                    "`check` tells whether everything is ready.",
+                    "`check` tells whether everything is ready; `chatbot` runs the chatbot service of notebook 08.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
@@ -96,6 +106,29 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--model", help="model to check (default: $LLM_MODEL or smollm2:135m)")
     check.add_argument("--no-pull", action="store_true", help="report a missing model instead of pulling it")
     check.set_defaults(run=_check)
+
+    chatbot = commands.add_parser(
+        "chatbot", help="run the chatbot microservice (OpenAI's chat.completion shape, in front of an Ollama server)",
+        description="Serve POST /v1/example-service: send {\"messages\": \"Hi\"} (or OpenAI-style messages) and get "
+                    "an OpenAI chat.completion back, or its chunks as server-sent events with \"stream\": true. "
+                    "Each request is passed to the upstream Ollama server's /api/chat. Also GET /health (200 when "
+                    "the upstream answers and has the model, 503 otherwise), GET /openapi.json and GET /docs. "
+                    "Ctrl-C to stop.",
+    )
+    chatbot.add_argument("--upstream", metavar="URL", help="the Ollama server to ask, in OLLAMA_HOST form (default: "
+                                                           "$OLLAMA_HOST or http://127.0.0.1:11434)")
+    chatbot.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
+                                                             "computer only; 0.0.0.0 serves other machines too)")
+    chatbot.add_argument("--port", type=int, default=9000, help="port to listen on (default: 9000; 0 picks a free one)")
+    chatbot.add_argument("--model", help="model used when a request names none (default: $LLM_MODEL or smollm2:135m)")
+    chatbot.add_argument("--system", metavar="TEXT", help="system prompt put first in every conversation that has "
+                                                          "no system message of its own")
+    chatbot.add_argument("--read-timeout", type=float, default=120.0, metavar="SECONDS",
+                         help="how long to wait for the upstream's next piece of an answer before answering 504 "
+                              "(default: 120, enough for a cold model load); connecting times out after 5 s")
+    chatbot.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                         help="how much to log on stderr (info: one line per request)")
+    chatbot.set_defaults(run=_chatbot)
 
     # Model commands, as `ollama` names them; they work against any server.
     server = argparse.ArgumentParser(add_help=False)

@@ -46,7 +46,8 @@ class Generation:
 class FakeModel:
     """Stands in for llama.LlamaModel: one token per character."""
 
-    def __init__(self, path: str, num_ctx: int, threads: int | None = None):
+    def __init__(self, path: str, num_ctx: int, threads: int | None = None, embedding: bool = False):
+        self.embedding = embedding
         if "badmodel" in path:
             raise ValueError(f"failed to load model from file: {path}")
         if "hangload" in path:

@@ -42,3 +42,41 @@ def start_engine(tmp: Path, name: str, args: list[str] | None = None,
     server = EmbeddedServer(log=log, args=args, env={"OLLAMA_MODELS": str(tmp / "models"), **(env or {})})
     server.start()
     return RunningEngine(server.url, log_path, server), log
+
+
+class ServedApp:
+    """An ASGI app served by uvicorn (with the engine's hardened settings) in a thread, on a free port.
+
+    >>> with ServedApp(create_app()) as url:  # doctest: +SKIP
+    ...     requests.get(url + "/health")
+    """
+
+    def __init__(self, app: object):
+        import socket
+        import threading
+
+        import uvicorn
+
+        from llm_experiment.engine.connections import hardened_config
+
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(hardened_config(app, log_level="warning", max_connections=64,
+                                                     timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> str:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the app did not start at {self.url}")
+            time.sleep(0.02)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.socket.close()

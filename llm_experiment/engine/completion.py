@@ -325,6 +325,9 @@ async def run(job: Job, engine: Engine, request: Request) -> Response:
     # generations on a model already loaded (Ollama waits for the runner's slot after that point).
     load_ns = max(runner.ready_ns, scheduled_ns) - job.started_ns
     try:
+        if await request.is_disconnected():  # the client gave up while it waited its turn: nothing to do
+            await stack.aclose()
+            return Response(status_code=499)
         if job.load_only:
             await stack.aclose()
             return done_without_generating(job.kind, job.name, "load")
