@@ -80,3 +80,14 @@ class ServedApp:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.socket.close()
+
+
+def unload_all_but(url: str, keep: str = MODEL) -> None:
+    """Unload every loaded model except ``keep``: tests that load others (all-minilm) clean up after
+    themselves, since others assert what /api/ps lists. (An empty generate with keep_alive 0 unloads
+    any model, an embedding model too, as in Ollama.)"""
+    import requests
+
+    for entry in requests.get(url + "/api/ps", timeout=30).json()["models"]:
+        if entry["name"] != keep:
+            requests.post(url + "/api/generate", json={"model": entry["name"], "keep_alive": 0}, timeout=60)

