@@ -41,8 +41,6 @@ import contextlib
 import json
 import logging
 import secrets
-import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -466,33 +464,19 @@ def create_app(upstream: str | None = None, model: str | None = None, system: st
 
 def serve(host: str = "127.0.0.1", port: int = 9000, *, log_level: str = "info", **app_options: Any) -> int:
     """Run the service with uvicorn until Ctrl-C or SIGTERM; return an exit code. ``app_options`` go to create_app."""
-    import uvicorn
-
-    from .engine.connections import hardened_config, raise_fd_limit
+    from .engine.connections import listen, serve_until_stopped
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if log_level != "debug":
         logging.getLogger("httpx").setLevel(logging.WARNING)  # its line per upstream call repeats ours
     app = create_app(**app_options)
-    try:  # our own socket: a port in use is a clear message, not a traceback from inside uvicorn
-        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-    except OSError as exc:
-        print(f"error: cannot listen on {host}:{port}: {exc.strerror}\n  -> Is the service already running there? "
-              "Stop it, or choose --port.", file=sys.stderr)
+    sock = listen(host, port, "the service")
+    if sock is None:
         return 1
-    raise_fd_limit()
-    # The engine's hardened settings: slow or silent clients time out instead of holding sockets forever.
-    config = hardened_config(app, log_level=log_level, timeout_graceful_shutdown=3, access_log=True)
     settings: Settings = app.state.settings
     shown = f"[{host}]" if ":" in host else host
     print(f"llm-experiment chatbot: http://{shown}:{sock.getsockname()[1]}{ROUTE} -> {settings.upstream} "
           f"({settings.model}); docs at /docs. Ctrl-C to stop.", file=sys.stderr, flush=True)
-    # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal: make SIGTERM's a quiet no-op, as the
-    # engine does, so that `docker stop` ends with exit code 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass
+    serve_until_stopped(app, sock, log_level=log_level, access_log=True)
     print("llm-experiment chatbot: stopped", file=sys.stderr)
     return 0

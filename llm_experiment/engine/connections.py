@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -313,3 +316,28 @@ def hardened_config(app: Any, *, log_level: str, header_timeout: float = 10.0, i
                     max_header_bytes=max_header_bytes)
     return HardenedConfig(app, limits=limits, log_level=log_level, http=protocol,
                           timeout_keep_alive=idle_timeout, **kwargs)  # type: ignore[arg-type]
+
+
+def listen(host: str, port: int, what: str) -> socket.socket | None:
+    """A listening socket on ``host:port``, or ``None`` after printing why not (a port in use is a clear
+    message, not a traceback from inside uvicorn). ``what`` names who might already be there."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror}\n  -> Is {what} already running there? "
+              "Stop it, or choose --port.", file=sys.stderr)
+        return None
+
+
+def serve_until_stopped(app: Any, sock: socket.socket, *, log_level: str, access_log: bool) -> None:
+    """Serve ``app`` on ``sock`` with the hardened settings until Ctrl-C or SIGTERM (both end it cleanly)."""
+    raise_fd_limit()
+    config = hardened_config(app, log_level=log_level, timeout_graceful_shutdown=3, access_log=access_log)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the handler that
+    # was there before it: make SIGTERM's a quiet no-op, so that `docker stop` ends with exit code 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvicorn
-
 from ..hosts import listen_address
 from .app import create_app
-from .connections import hardened_config, raise_fd_limit
+from .connections import listen, serve_until_stopped
 from .models import BUNDLED_NAME, bundled_gguf, models_dir
 from .options import DEFAULT_KEEP_ALIVE, DurationError, parse_keep_alive
 from .origins import allowed_origins
@@ -91,31 +87,14 @@ def serve(settings: Settings) -> int:
     except ValueError as exc:  # an OLLAMA_ORIGINS entry Ollama itself would refuse to start with
         print(f"error: OLLAMA_ORIGINS: {exc}", file=sys.stderr)
         return 2
-    try:
-        sock = socket.create_server((settings.host, settings.port), family=_family(settings.host), reuse_port=False)
-    except OSError as exc:
-        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}\n"
-              "  -> Is Ollama (or another engine) already running there? Stop it, or choose --port.",
-              file=sys.stderr)
+    sock = listen(settings.host, settings.port, "Ollama (or another engine)")
+    if sock is None:
         return 1
     engine.store.cleanup()  # leftovers of killed writes and unused blobs, as Ollama prunes at start-up
-    raise_fd_limit()
-    config = hardened_config(app, log_level=settings.log_level, timeout_graceful_shutdown=3,
-                             access_log=settings.log_level == "debug")
     port = sock.getsockname()[1]
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"llm-experiment engine: serving {BUNDLED_NAME} ({gguf.name}) on http://{shown}:{port}\n"
           f"  Ctrl-C to stop. Clients find it with OLLAMA_HOST=http://{shown}:{port}", file=sys.stderr, flush=True)
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the handler
-    # that was there before it: make that one a quiet "stop" so we can exit with 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass
+    serve_until_stopped(app, sock, log_level=settings.log_level, access_log=settings.log_level == "debug")
     print("llm-experiment engine: stopped", file=sys.stderr)
     return 0
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
