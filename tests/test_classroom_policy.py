@@ -439,7 +439,7 @@ V1_LIMITS = {"/v1/chat/completions": ("max_tokens", "max_completion_tokens"), "/
              "/v1/responses": ("max_output_tokens",)}
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)  # the same examples each run: CI stays repeatable
 @given(route=st.sampled_from(ROUTES), body=BODIES | PLAUSIBLE, policy=st.sampled_from([POLICY, CLASS, FREE]))
 def test_any_body_gives_a_decision_and_allowed_ones_are_clamped(route: tuple[str, str], body: dict[str, Any],
                                                                  policy: Policy) -> None:
@@ -473,14 +473,14 @@ def test_any_body_gives_a_decision_and_allowed_ones_are_clamped(route: tuple[str
             assert "name" not in forwarded
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)  # the same examples each run: CI stays repeatable
 @given(route=st.sampled_from(ROUTES), raw=st.binary(max_size=200), method=st.sampled_from(["GET", "POST", "X"]))
 def test_any_bytes_give_a_decision(route: tuple[str, str], raw: bytes, method: str) -> None:
     assert isinstance(POLICY.check(ALICE, method, route[1], raw), Decision)
     assert isinstance(POLICY.check(ALICE, route[0], route[1], raw), Decision)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)  # the same examples each run: CI stays repeatable
 @given(path=st.text(max_size=60), method=st.text(max_size=8))
 def test_any_path_gives_a_decision(path: str, method: str) -> None:
     decision = POLICY.check(ALICE, method, path, b"{}")

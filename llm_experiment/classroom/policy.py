@@ -362,6 +362,8 @@ def _copy(policy: Policy, member: Member, body: dict[str, Any], changes: list[st
                            f'{{"source": "{_example(policy)}", "destination": "{member.name}/mycopy"}}')
     policy._usable(member, source, "source")
     _own(member, destination, "destination", "copy models into", "name the copy")
+    for key in set(body) - {"source", "destination"}:  # a copy needs nothing else: forward nothing else
+        del body[key]
 
 
 def _delete(policy: Policy, member: Member, body: dict[str, Any], changes: list[str]) -> None:

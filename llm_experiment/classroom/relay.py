@@ -1,0 +1,231 @@
+"""Passing one request on to an upstream Ollama server, and its answer back as it comes.
+
+The gateway changes nothing in an answer: :func:`exchange` yields the upstream's status and content type
+(a :class:`Head`), then each piece of the body the moment it arrives, so a streamed answer reaches the
+student token by token, exactly as Ollama sent it (NDJSON on the native routes, server-sent events on
+``/v1``). Along the way it keeps only the end of the answer (:class:`Tail`), where Ollama puts its token
+counts, for the usage log.
+
+When things go wrong:
+
+- the upstream cannot be reached (it is down): it is marked failed and the request goes once more to
+  another healthy upstream, since nothing has been sent to the student yet;
+- the upstream takes the request and drops the connection before answering: the same, for requests that
+  may safely run twice (running a model, looking something up), not for creating or deleting a model;
+- the upstream dies in the middle of an answer: the student's stream ends with an error line in the
+  answer's own framing (``{"error": "..."}`` for NDJSON, an error event for SSE), never with a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from .upstreams import NoUpstream, Upstreams
+
+log = logging.getLogger("llm_experiment.classroom")
+
+# Nothing reached the upstream: always safe to send the request elsewhere.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+# The upstream took (part of) the request and vanished without an answer: safe to resend only what may run twice.
+_NO_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class UpstreamFailed(Exception):
+    """No upstream could answer: the gateway answers ``status`` (502, 503 or 504) with ``message``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """A request as the gateway sends it upstream."""
+
+    method: str
+    path: str  # the path the policy checked
+    content: bytes | AsyncIterator[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    model: str = ""  # the model to find an upstream for; "" for any upstream
+    idempotent: bool = True  # running it twice does no harm (not so for create, copy, delete, pull...)
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the body can be sent again (a streamed upload cannot)."""
+        return self.content is None or isinstance(self.content, bytes)
+
+
+@dataclass(frozen=True)
+class Head:
+    """The upstream's status and content type, known before the first byte of its body."""
+
+    status: int
+    content_type: str | None
+
+
+_COUNT = re.compile(rb'"(prompt_eval_count|eval_count|total_duration|prompt_tokens|completion_tokens)"\s*:\s*(\d+)')
+
+
+class Tail:
+    """The end of an answer, fed piece by piece: the last line that carries data, at most ``KEEP`` bytes of it.
+
+    Ollama's counts are in its last NDJSON line (streamed), at the end of its JSON object (not streamed),
+    and in the ``usage`` of ``/v1`` answers (in the last event before ``data: [DONE]`` when streamed with
+    ``stream_options.include_usage``). Nothing else of the answer is kept.
+    """
+
+    KEEP = 16 * 1024  # a done line is a few hundred bytes; a long one is cut from the front, keeping its end
+
+    def __init__(self) -> None:
+        self.last = b""  # the last complete line that carries data
+        self.partial = b""  # the line still arriving (a non-streamed answer has no newline at all)
+        self.size = 0  # bytes seen
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()[-self.KEEP:]
+        for line in reversed(lines):
+            stripped = line.strip()
+            if stripped and stripped != b"data: [DONE]":
+                self.last = line[-self.KEEP:]
+                break
+
+    @property
+    def ends_line(self) -> bool:
+        """Whether what was sent so far ends with a newline (an error line may follow directly)."""
+        return not self.partial
+
+    def counts(self) -> dict[str, int]:
+        """``prompt_eval_count``, ``eval_count`` and ``total_duration`` where the answer gave them.
+
+        Read with a pattern rather than a JSON parser, so a cut line still gives its counts. A key
+        inside a string cannot match (its quotes are escaped there); where a key occurs twice (a tool
+        call's arguments could hold one), the last occurrence is Ollama's.
+        """
+        text = self.partial if self.partial.strip() else self.last
+        found = {key.decode(): int(value) for key, value in _COUNT.findall(text)}
+        out = {"prompt_eval_count": found.get("prompt_eval_count", found.get("prompt_tokens")),
+               "eval_count": found.get("eval_count", found.get("completion_tokens")),
+               "total_duration": found.get("total_duration")}
+        return {key: value for key, value in out.items() if value is not None}
+
+
+@dataclass
+class Outcome:
+    """What happened to one request, filled in as it goes, for the usage log."""
+
+    status: int = 499  # until an answer is complete: 499 means the client left first (nginx's code)
+    complete: bool = False
+    wait_ns: int | None = None  # time in the gateway's fair queue
+    sent_ns: int | None = None  # time.monotonic_ns() when the request went upstream
+    finished_ns: int | None = None
+    upstream: str | None = None
+    tail: Tail = field(default_factory=Tail)
+
+
+async def exchange(client: httpx.AsyncClient, upstreams: Upstreams, request: Outbound,
+                   outcome: Outcome) -> AsyncIterator[Head | bytes]:
+    """Send ``request`` to an upstream; yield its :class:`Head`, then the body's bytes as they arrive.
+
+    Raises :class:`UpstreamFailed` before the head when no upstream answers (see the module's docstring).
+    Close the generator (``aclose``) to stop: that closes the upstream connection, which stops Ollama.
+    """
+    tried: list[str] = []
+    while True:
+        try:
+            up = upstreams.pick(request.model)
+        except NoUpstream as exc:
+            raise UpstreamFailed(503, str(exc)) from None
+        tried.append(up.url)
+        outcome.upstream = up.url
+        began = False
+        async with upstreams.use(up):
+            try:
+                outcome.sent_ns = time.monotonic_ns()
+                async with client.stream(request.method, up.url + request.path, content=request.content,
+                                         headers=request.headers) as response:
+                    began = True
+                    outcome.status = response.status_code
+                    yield Head(response.status_code, response.headers.get("content-type"))
+                    async for chunk in response.aiter_raw():
+                        outcome.tail.feed(chunk)
+                        yield chunk
+                outcome.complete, outcome.finished_ns = True, time.monotonic_ns()
+                return
+            except httpx.TransportError as exc:
+                if began:  # the status line has gone: the error can only travel in the stream
+                    outcome.status, outcome.complete, outcome.finished_ns = 502, True, time.monotonic_ns()
+                    log.warning("upstream %s failed during an answer to %s: %r", up.url, request.path, exc)
+                    yield error_chunk(response.headers.get("content-type"), outcome.tail,
+                                      f"the Ollama server at {up.url} stopped in the middle of the answer "
+                                      f"({describe(exc)}): try again")
+                    return
+                resend = request.replayable and (isinstance(exc, _NOT_SENT)
+                                                 or (request.idempotent and isinstance(exc, _NO_ANSWER)))
+                if isinstance(exc, _NOT_SENT + _NO_ANSWER):
+                    upstreams.mark_failed(up, exc)
+                if not resend or len(tried) > 1 or not any(u.healthy for u in upstreams.upstreams):
+                    raise _failure(exc, tried) from None
+                log.warning("upstream %s failed (%s): sending %s to another one", up.url, describe(exc), request.path)
+
+
+def _failure(exc: httpx.TransportError, tried: list[str]) -> UpstreamFailed:
+    where = " and ".join(tried)
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        return UpstreamFailed(504, f"the Ollama server at {where} did not answer in time ({describe(exc)}): "
+                                   "try again in a moment")
+    return UpstreamFailed(502, f"the class's Ollama server at {where} failed ({describe(exc)}): try again in a "
+                               "moment; if it keeps failing, tell your instructor")
+
+
+def describe(exc: BaseException) -> str:
+    """A short name for a network failure, for a message a student reads."""
+    if isinstance(exc, httpx.ConnectError):
+        return "cannot connect"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out: {type(exc).__name__}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def error_chunk(content_type: str | None, tail: Tail, message: str) -> bytes:
+    """An error that ends a stream already under way, framed like the stream (SSE event or NDJSON line)."""
+    if (content_type or "").startswith("text/event-stream"):
+        # The openai client raises APIError for an event whose data has "error".
+        event = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+        return b"\n\ndata: " + _json(event) + b"\n\n"
+    return (b"" if tail.ends_line else b"\n") + _json({"error": message}) + b"\n"
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Relay(StreamingResponse):
+    """The rest of an :func:`exchange` sent to the student, closing it however the response ends.
+
+    Starlette stops sending when the client hangs up; closing the exchange then closes the upstream
+    connection, which is what stops Ollama generating for nobody.
+    """
+
+    def __init__(self, pieces: AsyncIterator[bytes], head: Head):
+        headers = {"content-type": head.content_type} if head.content_type else {}
+        super().__init__(pieces, status_code=head.status, headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # even when cancelled: closing is what stops the generation
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,425 @@
+"""The classroom gateway (issue #12) over real sockets, in front of real embedded engines.
+
+The session's engine is the upstream; the failover test starts a second one and stops it mid-answer.
+Generations stay tiny (the policy caps them at 20 tokens), except where a request must keep a slot busy:
+those are cut short by closing them or stopping their engine. Assertions are on order, never on timings.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+import requests
+from support import GREEDY, MODEL, ServedApp, start_engine
+
+from llm_experiment.classroom.fairqueue import QUEUE_FULL
+from llm_experiment.classroom.gateway import create_app
+from llm_experiment.classroom.policy import Policy, PolicySettings
+from llm_experiment.classroom.roster import Roster
+from llm_experiment.classroom.usage import UsageLog
+from llm_experiment.cli import main
+from llm_experiment.embedded import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CAP = 20  # the class's num_predict
+# keep_alive -1 as the session engine's own setting: the gateway's requests leave its models as they were.
+POLICY = Policy(PolicySettings(keep_alive=-1, num_predict=CAP))
+LONG_POLICY = Policy(PolicySettings(keep_alive=-1, num_predict=2000))  # for answers that must outlast a check
+# Greedy, this prompt makes smollm2:135m write on and on (1200 tokens and more).
+ENDLESS = "Count from 1 to 1000, separated by commas."
+STUDENTS = ("alice", "bob", "greedy", "patient", "counter", "leaver", "clients")
+
+
+@dataclass
+class Class:
+    db: Path
+    roster: Roster
+    usage: UsageLog
+    keys: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def classroom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Class]:
+    db = tmp_path_factory.mktemp("classroom") / "classroom.sqlite"
+    roster = Roster(db)
+    keys = {name: roster.add_student(name) for name in STUDENTS}
+    keys["teacher"] = roster.add_instructor("teacher")
+    usage = UsageLog(db)
+    yield Class(db, roster, usage, keys)
+    usage.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(engine, classroom: Class) -> Iterator[str]:
+    """The gateway in front of the session's engine: one request at a time, one per student."""
+    with ServedApp(create_app([engine.url], classroom.roster, POLICY, classroom.usage)) as url:
+        yield url
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def generate(url: str, key: str, num_predict: int = 2, **body: Any) -> requests.Response:
+    body = {"model": MODEL, "prompt": "Say hi.", "stream": False,
+            "options": {**GREEDY, "num_predict": num_predict}, **body}
+    return requests.post(url + "/api/generate", json=body, headers=bearer(key), timeout=120)
+
+
+def status(url: str, classroom: Class) -> dict[str, Any]:
+    r = requests.get(url + "/classroom/status", headers=bearer(classroom.keys["teacher"]), timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def rows_of(classroom: Class, student: str) -> list[dict[str, Any]]:
+    return [row for row in classroom.usage.rows() if row["student"] == student]
+
+
+def wall_time(created_at: str) -> float:
+    """An RFC 3339 UTC timestamp with up to nanoseconds ("2025-03-04T09:00:00.123456789Z") as time.time()."""
+    whole, _, fraction = created_at.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{fraction or 0}")
+
+
+# --- keys ------------------------------------------------------------------------------------------------------------
+
+
+def test_only_the_root_and_the_version_answer_without_a_key(gateway):
+    assert requests.get(gateway + "/", timeout=30).text == "Ollama is running"
+    assert isinstance(requests.get(gateway + "/api/version", timeout=30).json()["version"], str)
+    r = requests.get(gateway + "/api/tags", timeout=30)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert "OLLAMA_API_KEY" in r.json()["error"]
+    r = requests.post(gateway + "/v1/chat/completions", json={"model": MODEL, "messages": []}, timeout=30)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
+def test_a_wrong_or_revoked_key_is_401(gateway, classroom):
+    for key in ("llmx_not-a-key-of-this-class", "nonsense", classroom.keys["alice"] + "x"):
+        assert requests.get(gateway + "/api/tags", headers=bearer(key), timeout=30).status_code == 401
+    assert requests.get(gateway + "/api/tags", headers=bearer(classroom.keys["leaver"]), timeout=30).status_code == 200
+    classroom.roster.revoke("leaver")  # the running gateway sees it at once
+    r = generate(gateway, classroom.keys["leaver"])
+    assert r.status_code == 401 and "error" in r.json()
+
+
+# --- the policy, end to end ------------------------------------------------------------------------------------------
+
+
+def test_students_create_and_delete_in_their_own_namespace_only(gateway, classroom, engine):
+    alice, bob = bearer(classroom.keys["alice"]), bearer(classroom.keys["bob"])
+    r = requests.post(gateway + "/api/create", json={"model": "bob/x", "from": MODEL}, headers=alice, timeout=30)
+    assert r.status_code == 403 and '"alice/x"' in r.json()["error"]
+    r = requests.post(gateway + "/api/create", json={"model": "alice/brief", "from": MODEL, "system": "Be brief.",
+                                                    "stream": False}, headers=alice, timeout=60)
+    assert r.status_code == 200, r.text
+    try:
+        names = [m["name"] for m in requests.get(engine.url + "/api/tags", timeout=30).json()["models"]]
+        assert "alice/brief:latest" in names
+        r = requests.delete(gateway + "/api/delete", json={"model": "alice/brief"}, headers=bob, timeout=30)
+        assert r.status_code == 403
+        r = requests.post(gateway + "/api/pull", json={"model": MODEL}, headers=alice, timeout=30)
+        assert r.status_code == 403 and "instructor" in r.json()["error"]
+    finally:
+        r = requests.delete(gateway + "/api/delete", json={"model": "alice/brief"}, headers=alice, timeout=30)
+    assert r.status_code == 200
+    assert "alice/brief:latest" not in [m["name"] for m in requests.get(engine.url + "/api/tags", timeout=30).json()
+                                        ["models"]]
+
+
+def test_keep_alive_0_does_not_unload_the_model_for_everyone(gateway, classroom, engine):
+    r = generate(gateway, classroom.keys["alice"], num_predict=1, keep_alive=0)
+    assert r.status_code == 200
+    assert MODEL in [m["name"] for m in requests.get(engine.url + "/api/ps", timeout=30).json()["models"]]
+
+
+def test_num_predict_reaches_the_upstream_capped(gateway, classroom):
+    r = generate(gateway, classroom.keys["alice"], num_predict=1000, prompt=ENDLESS)
+    assert r.status_code == 200 and r.json()["eval_count"] == CAP
+    r = generate(gateway, classroom.keys["alice"], num_predict=-1, prompt=ENDLESS)
+    assert r.json()["eval_count"] == CAP
+    r = requests.post(gateway + "/v1/chat/completions", headers=bearer(classroom.keys["alice"]), timeout=60,
+                      json={"model": MODEL, "messages": [{"role": "user", "content": ENDLESS}], "max_tokens": 500,
+                            "temperature": 0, "seed": 42})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == CAP
+
+
+# --- streaming and turns ---------------------------------------------------------------------------------------------
+
+
+def test_a_stream_passes_through_as_it_is_generated(gateway, classroom):
+    body = {"model": MODEL, "prompt": ENDLESS, "options": {**GREEDY, "num_predict": CAP}}
+    arrivals = []
+    with httpx.stream("POST", gateway + "/api/generate", json=body, headers=bearer(classroom.keys["alice"]),
+                      timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+        for line in r.iter_lines():
+            if line:
+                arrivals.append((time.time(), json.loads(line)))
+    *tokens, (_, last) = arrivals
+    assert len(tokens) == CAP and last["done"] and last["eval_count"] == CAP
+    # The first line reached us before the engine had even made the last one: nothing waits for the whole answer.
+    assert arrivals[0][0] < wall_time(last["created_at"])
+
+
+def test_another_student_is_served_before_a_greedy_students_backlog(gateway, classroom):
+    finished: list[str] = []
+    lock = threading.Lock()
+
+    def ask(student: str) -> int:
+        code = generate(gateway, classroom.keys[student], num_predict=16, prompt=ENDLESS).status_code
+        with lock:
+            finished.append(student)
+        return code
+
+    with ThreadPoolExecutor(7) as pool:
+        greedy = [pool.submit(ask, "greedy") for _ in range(6)]
+
+        def all_six_arrived() -> bool:
+            queued = status(gateway, classroom)["queue"]["students"].get("greedy", {"running": 0, "waiting": 0})
+            with lock:
+                done = finished.count("greedy")
+            return queued["running"] + queued["waiting"] + done == 6
+
+        wait_for(all_six_arrived, "the greedy student's six requests to reach the gateway")
+        with lock:
+            done_before = len(finished)
+        patient = pool.submit(ask, "patient")
+        codes = [f.result() for f in [*greedy, patient]]
+    assert codes == [200] * 7
+    position = finished.index("patient")
+    # The patient student waited for the greedy request that was running when they asked (and for the next one
+    # at most, if that one ended just as they asked), not for the greedy student's whole backlog.
+    assert done_before <= 1 and position <= done_before + 2
+    assert finished[position + 1:].count("greedy") >= 6 - done_before - 2
+
+
+def test_rate_limits_answer_429_with_retry_after(engine, classroom):
+    app = create_app([engine.url], classroom.roster, POLICY, classroom.usage, requests_per_minute=2)
+    with ServedApp(app) as url:
+        key = classroom.keys["bob"]
+        assert [generate(url, key, num_predict=1).status_code for _ in range(2)] == [200, 200]
+        r = generate(url, key, num_predict=1)
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
+        assert "2 requests per minute" in r.json()["error"]
+        r = requests.post(url + "/v1/chat/completions", headers=bearer(key), timeout=30,
+                          json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
+        assert r.status_code == 429 and "requests per minute" in r.json()["error"]["message"]
+        # looking around is not limited, and other students have their own budget
+        assert requests.get(url + "/api/tags", headers=bearer(key), timeout=30).status_code == 200
+        assert generate(url, classroom.keys["alice"], num_predict=1).status_code == 200
+    app = create_app([engine.url], classroom.roster, POLICY, classroom.usage, tokens_per_hour=10)
+    with ServedApp(app) as url:
+        assert generate(url, key, num_predict=1).status_code == 200  # a request under budget always finishes
+        r = generate(url, key, num_predict=1)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 60
+
+
+def test_a_full_queue_is_503_and_a_client_that_leaves_frees_its_turn(engine, classroom):
+    app = create_app([engine.url], classroom.roster, LONG_POLICY, classroom.usage, max_waiting=0)
+    with ServedApp(app) as url:
+        body = {"model": MODEL, "prompt": ENDLESS, "options": {**GREEDY, "num_predict": 2000}}
+        with httpx.stream("POST", url + "/api/generate", json=body, headers=bearer(classroom.keys["counter"]),
+                          timeout=60) as long:
+            lines = long.iter_lines()  # kept: a dropped iterator would close the connection
+            next(lines)  # it is running: the gateway's only slot is taken
+            r = generate(url, classroom.keys["patient"], num_predict=1)
+            assert r.status_code == 503 and r.json() == {"error": QUEUE_FULL}
+        # The client left: the gateway closes the upstream request, the slot is free and the engine stops.
+        wait_for(lambda: status(url, classroom)["queue"]["running"] == 0, "the slot to be released")
+        wait_for(lambda: any(row["status"] == 499 for row in rows_of(classroom, "counter")), "the 499 in the log")
+        assert generate(url, classroom.keys["patient"], num_predict=1).status_code == 200
+    assert rows_of(classroom, "patient")[-2]["status"] == 503
+
+
+def test_failover_and_a_stream_cut_by_a_dying_upstream(engine, classroom, tmp_path):
+    second, log = start_engine(tmp_path, "second")
+    try:
+        # The second engine first: on a tie, the first listed is picked. No periodic checks: the gateway
+        # must notice the dead engine by itself.
+        app = create_app([second.url, engine.url], classroom.roster, LONG_POLICY, classroom.usage, check_every=3600)
+        with ServedApp(app) as url:
+            body = {"model": MODEL, "prompt": ENDLESS, "options": {**GREEDY, "num_predict": 2000}}
+            with httpx.stream("POST", url + "/api/generate", json=body, headers=bearer(classroom.keys["alice"]),
+                              timeout=60) as stream:
+                lines = stream.iter_lines()
+                assert "response" in json.loads(next(lines))
+                ups = status(url, classroom)["upstreams"]
+                assert [up["active"] for up in ups] == [1, 0]  # it runs on the second engine
+                stopping = threading.Thread(target=second.server.stop)
+                stopping.start()
+                rest = [json.loads(line) for line in lines if line]
+            stopping.join()
+            assert not rest[-1].get("done") and "error" in rest[-1], rest[-3:]
+            # New requests go to the second engine first (idle, listed first), fail to connect, and are sent
+            # to the first engine instead.
+            for _ in range(3):
+                r = generate(url, classroom.keys["bob"], num_predict=1)
+                assert r.status_code == 200, r.text
+            dead, alive = status(url, classroom)["upstreams"]
+            assert not dead["healthy"] and "cannot connect" in dead["last_error"] and alive["healthy"]
+    finally:
+        second.server.stop()
+        log.close()
+
+
+# --- the official clients --------------------------------------------------------------------------------------------
+
+
+def test_the_ollama_client_sends_the_key_from_headers_or_from_ollama_api_key(gateway, classroom, monkeypatch):
+    key = classroom.keys["clients"]
+    client = ollama.Client(host=gateway, headers={"Authorization": f"Bearer {key}"})
+    assert client.generate(MODEL, "Say hi.", options={**GREEDY, "num_predict": 2}).eval_count == 2
+    monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
+    with pytest.raises(ollama.ResponseError) as refused:
+        ollama.Client(host=gateway).list()
+    assert refused.value.status_code == 401 and "OLLAMA_API_KEY" in refused.value.error
+    monkeypatch.setenv("OLLAMA_API_KEY", key)  # ollama-python reads it when the client is made
+    chunks = list(ollama.Client(host=gateway).chat(MODEL, [{"role": "user", "content": "Hi"}], stream=True,
+                                                   options={**GREEDY, "num_predict": 3}))
+    assert chunks[-1].done and chunks[-1].eval_count == 3
+
+
+def test_the_openai_client_sends_api_key(gateway, classroom):
+    client = openai.OpenAI(base_url=gateway + "/v1", api_key=classroom.keys["clients"], max_retries=0, timeout=60)
+    answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    assert answer.usage.completion_tokens == 2
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
+                                            stream=True, stream_options={"include_usage": True})
+    assert [chunk.usage.completion_tokens for chunk in stream if chunk.usage] == [2]
+    wrong = openai.OpenAI(base_url=gateway + "/v1", api_key="llmx_wrong", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+
+
+# --- the usage log and the instructor's views ------------------------------------------------------------------------
+
+
+def test_every_request_is_logged_with_its_counts(gateway, classroom, tmp_path):
+    key = classroom.keys["counter"]
+    before = len(rows_of(classroom, "counter"))
+    answer = generate(gateway, key, num_predict=3).json()
+    with httpx.stream("POST", gateway + "/api/chat", headers=bearer(key), timeout=60,
+                      json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+                            "options": {**GREEDY, "num_predict": 2}}) as r:
+        last = json.loads([line for line in r.iter_lines() if line][-1])
+    v1 = requests.post(gateway + "/v1/chat/completions", headers=bearer(key), timeout=60,
+                       json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}).json()
+    refused = requests.post(gateway + "/api/pull", json={"model": MODEL}, headers=bearer(key), timeout=30)
+    assert refused.status_code == 403
+    rows = rows_of(classroom, "counter")[before:]
+    assert [(r["endpoint"], r["model"], r["status"]) for r in rows] == [
+        ("/api/generate", MODEL, 200), ("/api/chat", MODEL, 200), ("/v1/chat/completions", MODEL, 200),
+        ("/api/pull", MODEL, 403)]
+    assert (rows[0]["prompt_eval_count"], rows[0]["eval_count"]) == (answer["prompt_eval_count"], 3)
+    assert rows[0]["total_duration_ns"] == answer["total_duration"]
+    assert (rows[1]["prompt_eval_count"], rows[1]["eval_count"]) == (last["prompt_eval_count"], 2)
+    assert (rows[2]["prompt_eval_count"], rows[2]["eval_count"]) == (v1["usage"]["prompt_tokens"], 2)
+    assert all(r["wait_ns"] is not None for r in rows[:3]) and rows[3]["eval_count"] is None
+
+    out = tmp_path / "usage.csv"
+    assert main(["classroom", "report", "--db", str(classroom.db), "--out", str(out)]) == 0
+    assert out.read_text().splitlines()[0].startswith("started_at,student,endpoint,model,status")
+    assert sum(",counter,/api/chat," in line for line in out.read_text().splitlines()) >= 1
+
+
+def test_the_classroom_status_is_for_instructors(gateway, classroom):
+    r = requests.get(gateway + "/classroom/status", timeout=30)
+    assert r.status_code == 401 and "Basic" in r.headers["www-authenticate"]
+    r = requests.get(gateway + "/classroom/status", headers=bearer(classroom.keys["alice"]), timeout=30)
+    assert r.status_code == 403
+    report = status(gateway, classroom)
+    assert report["queue"]["capacity"] == 1 and report["limits"]["num_predict"] == CAP
+    assert report["upstreams"][0]["healthy"] and MODEL in report["upstreams"][0]["models"]
+    # the page, as a browser asks for it after its login box (any user name, the key as password)
+    basic = base64.b64encode(f"teacher:{classroom.keys['teacher']}".encode()).decode()
+    r = requests.get(gateway + "/classroom", headers={"Authorization": f"Basic {basic}"}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "/classroom/status" in r.text and "setInterval(refresh, 2000)" in r.text
+    assert requests.get(gateway + "/classroom", timeout=30).status_code == 401
+
+
+def test_instructors_pass_the_policy_unchanged(gateway, classroom):
+    r = generate(gateway, classroom.keys["teacher"], num_predict=CAP + 5, prompt=ENDLESS)
+    assert r.status_code == 200 and r.json()["eval_count"] == CAP + 5
+
+
+# --- the command line ------------------------------------------------------------------------------------------------
+
+
+def test_roster_commands(tmp_path, capsys):
+    db = str(tmp_path / "class.sqlite")
+    assert main(["classroom", "list", "--db", db]) == 1
+    assert main(["classroom", "add-student", "Eve", "--db", db]) == 2
+    assert main(["classroom", "add-student", "eve", "--db", db]) == 0
+    key = capsys.readouterr().out.strip()
+    assert Roster(db).authenticate(key).name == "eve"
+    assert main(["classroom", "add-student", "eve", "--db", db]) == 1
+    (tmp_path / "names.csv").write_text("name\nfrank\ngrace\n")
+    keys = tmp_path / "keys.csv"
+    assert main(["classroom", "import", str(tmp_path / "names.csv"), "--out", str(keys), "--db", db]) == 0
+    assert keys.read_text().splitlines()[0] == "name,key" and len(keys.read_text().splitlines()) == 3
+    assert main(["classroom", "revoke", "frank", "--db", db]) == 0
+    assert main(["classroom", "revoke", "nobody", "--db", db]) == 1
+    capsys.readouterr()
+    assert main(["classroom", "list", "--db", db]) == 0
+    listing = capsys.readouterr().out
+    assert "eve " in listing and "revoked" in listing.split("frank")[1].splitlines()[0]
+    assert main(["classroom", "report", "--since", "last week", "--db", db]) == 2
+    assert main(["classroom", "report", "--since", "2020-01-01T00:00Z", "--db", db]) == 0
+    assert main(["classroom"]) == 2
+    assert main(["classroom", "serve", "--upstream", "x", "--keep-alive", "soon", "--db", db]) == 2
+    assert main(["classroom", "serve", "--upstream", "x", "--parallel", "0", "--db", db]) == 2
+
+
+def test_classroom_serve_runs_until_ctrl_c(engine, tmp_path):
+    db = tmp_path / "class.sqlite"
+    key = Roster(db).add_student("alice")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "llm_experiment", "classroom", "serve", "--upstream", engine.url,
+                                "--port", str(port), "--db", str(db), "--num-predict", "2"], cwd=ROOT,
+                               env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            try:
+                return requests.get(url + "/api/version", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                assert process.poll() is None, process.communicate()[0]
+                return False
+
+        wait_for(up, "the gateway to start")
+        r = generate(url, key, num_predict=50)
+        assert r.status_code == 200 and r.json()["eval_count"] == 2
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert f"{url} -> {engine.url}" in output and "stopped" in output
+    assert [row["status"] for row in UsageLog(db).rows()] == [200]
