@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-experiment",
         description="Tools of the LLM Experiment course. `serve` runs the embedded Ollama-compatible engine; "
-                    "`check` tells whether everything is ready; `chatbot` runs the chatbot service of notebook 08.",
+                    "`check` tells whether everything is ready; `chatbot` runs the chatbot service of notebook 08; "
+                    "`classroom` shares Ollama servers with a class.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how much to log on stderr (info: one line per request)")
     chatbot.set_defaults(run=_chatbot)
 
+    _add_classroom(commands)
+
     # Model commands, as `ollama` names them; they work against any server.
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument("--server", help="server URL (default: $OLLAMA_HOST or http://127.0.0.1:11434)")
@@ -159,6 +162,99 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("name")
     model_command("ps", "list the models loaded in memory", lambda a: _models("ps", a.server))
     return parser
+
+
+def _classroom(name: str):  # noqa: ANN202 - a handler that imports its module only when run
+    def run(args: argparse.Namespace) -> int:
+        from .classroom import commands
+
+        return getattr(commands, name)(args)
+
+    return run
+
+
+def _add_classroom(commands: argparse._SubParsersAction) -> None:
+    """``llm-experiment classroom ...``: the classroom gateway and its roster (issue #12)."""
+    classroom = commands.add_parser(
+        "classroom", help="share Ollama servers with a class: the gateway, its roster of keys, its usage report",
+        description="The classroom gateway: students reach one or more Ollama servers through it, each with their "
+                    "own key (OLLAMA_API_KEY for the ollama client, api_key for the openai client). It checks what "
+                    "they ask (their own namespace only, the class's keep_alive, num_predict capped), takes turns "
+                    "fairly, and logs what each request cost. The roster and the usage log live in one SQLite file "
+                    "(--db). Start with `add-instructor`, then `add-student` or `import`, then `serve`.",
+    )
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument("--db", default="classroom.sqlite", metavar="FILE",
+                    help="the class's SQLite file: roster and usage log (default: ./classroom.sqlite)")
+    verbs = classroom.add_subparsers(dest="verb", metavar="VERB")
+
+    def verb(name: str, help: str, handler: str, description: str | None = None) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".",
+                               parents=[db])
+        sub.set_defaults(run=_classroom(handler))
+        return sub
+
+    serve = verb("serve", "run the gateway in front of one or more Ollama servers", "serve",
+                 "Run the classroom gateway. Students set OLLAMA_HOST=http://<this machine>:PORT and "
+                 "OLLAMA_API_KEY=<their key> (openai client: base_url=http://<this machine>:PORT/v1, api_key=<key>). "
+                 "GET / and /api/version answer without a key; everything else needs one. Instructors see the "
+                 "queue at /classroom (a page for the projector; the browser asks for the key as password) and "
+                 "/classroom/status (JSON). Ctrl-C to stop.")
+    serve.add_argument("--upstream", action="append", required=True, metavar="URL",
+                       help="an Ollama server, in OLLAMA_HOST form (http://lab-a:11434); repeat for several: each "
+                            "request goes to the least busy one that has its model")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this computer "
+                                                           "only; 0.0.0.0 for the class's machines)")
+    serve.add_argument("--port", type=int, default=11435, help="port to listen on (default: 11435)")
+    serve.add_argument("--keep-alive", default="30m", metavar="DURATION",
+                       help="how long models stay loaded, for every student request: students cannot unload a "
+                            "model for everyone (default: 30m; -1 forever)")
+    serve.add_argument("--num-predict", type=int, default=1024, metavar="N",
+                       help="the most tokens one answer may have (also caps /v1's max_tokens; default: 1024)")
+    serve.add_argument("--num-ctx", type=int, metavar="N",
+                       help="the context every student request runs with (default: the server's own; set the "
+                            "servers' OLLAMA_CONTEXT_LENGTH to the same)")
+    serve.add_argument("--model", action="append", metavar="NAME",
+                       help="a model students may use (repeat for several; default: any); their own models always")
+    serve.add_argument("--per-student", type=int, default=1, metavar="N",
+                       help="requests one student may have running at once; more wait their turn (default: 1)")
+    serve.add_argument("--parallel", type=int, default=1, metavar="N",
+                       help="requests each upstream runs at once: its OLLAMA_NUM_PARALLEL (default: 1)")
+    serve.add_argument("--max-waiting", type=int, default=512, metavar="N",
+                       help="requests that may wait for a turn before the gateway answers 503 (default: 512)")
+    serve.add_argument("--rpm", type=int, metavar="N", help="requests per minute per student that run a model "
+                                                             "(default: no limit); beyond: 429 with Retry-After")
+    serve.add_argument("--tokens-per-hour", type=int, metavar="N",
+                       help="prompt + answer tokens per student per hour (default: no limit)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="how much to log on stderr (info: one line per request)")
+
+    for role in ("student", "instructor"):
+        sub = verb(f"add-{role}", f"add a{'n' if role == 'instructor' else ''} {role} and print their key (once)",
+                   "add", f"Add a{'n' if role == 'instructor' else ''} {role} to the roster and print their new key "
+                          "on stdout. Only its hash is kept: hand the key over now. "
+                          + ("Instructors pass the policy unchanged and see /classroom." if role == "instructor"
+                             else "Students may use models and make their own, named NAME/..."))
+        sub.add_argument("name", help="1-32 lowercase letters, digits, '-' or '_'; a student's models are NAME/...")
+        sub.set_defaults(role=role)
+    imported = verb("import", "add the students named in a CSV file; write their keys to another", "import_csv",
+                    "Add the students named in the first column of a CSV file (a header 'name' is skipped) and "
+                    "write name,key rows to --out, readable by you only. One bad or duplicate name adds nobody.")
+    imported.add_argument("csv", help="the class list, one name per row")
+    imported.add_argument("--out", required=True, metavar="FILE", help="where to write the keys (a new file)")
+    imported.add_argument("--force", action="store_true", help="replace --out if it exists")
+    verb("revoke", "stop a member's key from working (at once, also in a running gateway)",
+         "revoke").add_argument("name")
+    verb("rotate", "give a member a new key (the old one stops working; re-admits a revoked member)",
+         "rotate").add_argument("name")
+    verb("list", "list the members, their roles and whether their keys work", "list_members")
+    report = verb("report", "summarise the usage log per student; --out writes every request as CSV", "report",
+                  "Print per student: requests, errors, prompt and answer tokens, and the wait in the gateway's "
+                  "queue (mean and 95th percentile). With --out, write one CSV row per request.")
+    report.add_argument("--since", metavar="ISO", help="only requests since this time, e.g. 2025-03-04 or "
+                                                       "2025-03-04T09:00 (local time unless it ends in Z or +01:00)")
+    report.add_argument("--out", metavar="FILE", help="write every request (since --since) to this CSV file")
+    classroom.set_defaults(run=lambda args: (classroom.print_help(), 2)[1])
 
 
 def _models(command: str, *args: object) -> int:

@@ -1,7 +1,7 @@
 """The classroom gateway (issue #12) over real sockets, in front of real embedded engines.
 
 The session's engine is the upstream; the failover test starts a second one and stops it mid-answer.
-Generations stay tiny (the policy caps them at 20 tokens), except where a request must keep a slot busy:
+Generations stay tiny (the policy caps them at 8 tokens), except where a request must keep a slot busy:
 those are cut short by closing them or stopping their engine. Assertions are on order, never on timings.
 """
 
@@ -27,18 +27,21 @@ import ollama
 import openai
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import GREEDY, MODEL, ServedApp, start_engine
 
 from llm_experiment.classroom.fairqueue import QUEUE_FULL
 from llm_experiment.classroom.gateway import create_app
 from llm_experiment.classroom.policy import Policy, PolicySettings
+from llm_experiment.classroom.relay import Tail, error_chunk
 from llm_experiment.classroom.roster import Roster
 from llm_experiment.classroom.usage import UsageLog
 from llm_experiment.cli import main
 from llm_experiment.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-CAP = 20  # the class's num_predict
+CAP = 8  # the class's num_predict
 # keep_alive -1 as the session engine's own setting: the gateway's requests leave its models as they were.
 POLICY = Policy(PolicySettings(keep_alive=-1, num_predict=CAP))
 LONG_POLICY = Policy(PolicySettings(keep_alive=-1, num_predict=2000))  # for answers that must outlast a check
@@ -187,36 +190,31 @@ def test_a_stream_passes_through_as_it_is_generated(gateway, classroom):
     assert arrivals[0][0] < wall_time(last["created_at"])
 
 
-def test_another_student_is_served_before_a_greedy_students_backlog(gateway, classroom):
-    finished: list[str] = []
-    lock = threading.Lock()
+def test_another_student_is_served_before_a_greedy_students_backlog(engine, classroom):
+    app = create_app([engine.url], classroom.roster, LONG_POLICY, classroom.usage)  # one request at a time
 
-    def ask(student: str) -> int:
-        code = generate(gateway, classroom.keys[student], num_predict=16, prompt=ENDLESS).status_code
-        with lock:
-            finished.append(student)
-        return code
+    def ask(student: str) -> float:
+        """When the engine finished the student's answer (its clock: the order it served them in)."""
+        r = generate(url, classroom.keys[student], num_predict=1)
+        assert r.status_code == 200, r.text
+        return wall_time(r.json()["created_at"])
 
-    with ThreadPoolExecutor(7) as pool:
-        greedy = [pool.submit(ask, "greedy") for _ in range(6)]
+    def waiting(student: str) -> int:
+        return status(url, classroom)["queue"]["students"].get(student, {}).get("waiting", 0)
 
-        def all_six_arrived() -> bool:
-            queued = status(gateway, classroom)["queue"]["students"].get("greedy", {"running": 0, "waiting": 0})
-            with lock:
-                done = finished.count("greedy")
-            return queued["running"] + queued["waiting"] + done == 6
-
-        wait_for(all_six_arrived, "the greedy student's six requests to reach the gateway")
-        with lock:
-            done_before = len(finished)
-        patient = pool.submit(ask, "patient")
-        codes = [f.result() for f in [*greedy, patient]]
-    assert codes == [200] * 7
-    position = finished.index("patient")
-    # The patient student waited for the greedy request that was running when they asked (and for the next one
-    # at most, if that one ended just as they asked), not for the greedy student's whole backlog.
-    assert done_before <= 1 and position <= done_before + 2
-    assert finished[position + 1:].count("greedy") >= 6 - done_before - 2
+    with ServedApp(app) as url, ThreadPoolExecutor(6) as pool:
+        body = {"model": MODEL, "prompt": ENDLESS, "options": {**GREEDY, "num_predict": 2000}}
+        with httpx.stream("POST", url + "/api/generate", json=body, headers=bearer(classroom.keys["greedy"]),
+                          timeout=60) as running:
+            lines = running.iter_lines()
+            next(lines)  # the greedy student holds the only slot...
+            greedy = [pool.submit(ask, "greedy") for _ in range(5)]
+            wait_for(lambda: waiting("greedy") == 5, "five more greedy requests waiting")
+            patient = pool.submit(ask, "patient")  # ...and has five more waiting when another student asks
+            wait_for(lambda: waiting("patient") == 1, "the patient student's request waiting")
+        # The greedy stream is closed: the slot goes to the student who has not been served yet, then round-robin.
+        patient_done, greedy_done = patient.result(), [f.result() for f in greedy]
+    assert patient_done < min(greedy_done)
 
 
 def test_rate_limits_answer_429_with_retry_after(engine, classroom):
@@ -264,6 +262,7 @@ def test_failover_and_a_stream_cut_by_a_dying_upstream(engine, classroom, tmp_pa
         # must notice the dead engine by itself.
         app = create_app([second.url, engine.url], classroom.roster, LONG_POLICY, classroom.usage, check_every=3600)
         with ServedApp(app) as url:
+            wait_for(lambda: all(up["models"] for up in status(url, classroom)["upstreams"]), "the first check")
             body = {"model": MODEL, "prompt": ENDLESS, "options": {**GREEDY, "num_predict": 2000}}
             with httpx.stream("POST", url + "/api/generate", json=body, headers=bearer(classroom.keys["alice"]),
                               timeout=60) as stream:
@@ -365,8 +364,49 @@ def test_the_classroom_status_is_for_instructors(gateway, classroom):
 
 
 def test_instructors_pass_the_policy_unchanged(gateway, classroom):
-    r = generate(gateway, classroom.keys["teacher"], num_predict=CAP + 5, prompt=ENDLESS)
-    assert r.status_code == 200 and r.json()["eval_count"] == CAP + 5
+    r = generate(gateway, classroom.keys["teacher"], num_predict=CAP + 2, prompt=ENDLESS)
+    assert r.status_code == 200 and r.json()["eval_count"] == CAP + 2
+
+
+# --- counting without keeping the answer ------------------------------------------------------------------------------
+
+NATIVE_STREAM = (b'{"model":"m","response":"Hi","done":false}\n'
+                 b'{"model":"m","response":"","done":true,"total_duration":123456,"prompt_eval_count":31,'
+                 b'"eval_count":7}\n')
+# not streamed: one JSON object, no newline; a tool call's arguments name a count too (Ollama's comes last)
+NATIVE_JSON = (b'{"model":"m","message":{"role":"assistant","content":"say \\"eval_count\\": 99",'
+               b'"tool_calls":[{"function":{"name":"f","arguments":{"eval_count":5}}}]},"done":true,'
+               b'"total_duration":123456,"prompt_eval_count":31,"eval_count":7}')
+OPENAI_STREAM = (b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
+                 b'data: {"choices":[],"usage":{"prompt_tokens":31,"completion_tokens":7,"total_tokens":38,'
+                 b'"prompt_tokens_details":{"cached_tokens":0}}}\n\ndata: [DONE]\n\n')
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)  # the same examples each run: CI stays repeatable
+@given(answer=st.sampled_from([NATIVE_STREAM, NATIVE_JSON, OPENAI_STREAM]), data=st.data())
+def test_the_counts_are_found_however_the_answer_is_split(answer, data):
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(answer)), max_size=8)))
+    tail = Tail()
+    for start, end in zip([0, *cuts], [*cuts, len(answer)], strict=True):
+        tail.feed(answer[start:end])
+    counts = tail.counts()
+    assert (counts["prompt_eval_count"], counts["eval_count"]) == (31, 7)
+    assert counts.get("total_duration") == (None if answer is OPENAI_STREAM else 123456)
+
+
+def test_a_long_answer_keeps_only_its_end():
+    tail = Tail()
+    tail.feed(b'{"embeddings":[[' + b"0.5," * 100_000)
+    tail.feed(b'0.5]],"prompt_eval_count":12}')
+    assert tail.counts() == {"prompt_eval_count": 12} and len(tail.partial) <= Tail.KEEP
+
+
+def test_an_error_that_ends_a_stream_is_framed_like_the_stream():
+    tail = Tail()
+    tail.feed(b'{"response":"Hi","done":false}\n{"respo')  # cut mid-line: the error starts a line of its own
+    assert error_chunk("application/x-ndjson", tail, "gone").split(b"\n")[1:] == [b'{"error":"gone"}', b""]
+    event = error_chunk("text/event-stream", Tail(), "gone")
+    assert event.endswith(b"\n\n") and json.loads(event.strip().removeprefix(b"data: "))["error"]["message"] == "gone"
 
 
 # --- the command line ------------------------------------------------------------------------------------------------

@@ -33,8 +33,6 @@ import contextlib
 import json
 import logging
 import math
-import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -109,7 +107,8 @@ class Gateway:
             return Response(status_code=499)  # gone before sending its whole body: nobody reads this
         decision = self.policy.check(member, method, path, body)
         if not decision.allowed:
-            self._record(member, path, None, decision.status, started_at)
+            named = logged_model(_json_object(body)) if rest is None else None
+            self._record(member, path, named, decision.status, started_at)
             return refusal(decision)
         if decision.changes:
             log.info("%s %s: %s", member.name, path, "; ".join(decision.changes))
@@ -272,9 +271,13 @@ def outbound_request(method: str, path: str, decision: Decision, body: bytes, re
             forward["content-type"] = "application/json"
     # An upstream is picked by the model the request reads (a create's "from", a copy's "source").
     pick = next((v for k in ("from", "source", "model", "name") if isinstance(v := fields.get(k), str) and v), "")
-    logged = next((v for k in ("model", "name", "destination") if isinstance(v := fields.get(k), str) and v), None)
     idempotent = method in ("GET", "HEAD") or path in QUEUED or path == "/api/show"
-    return Outbound(method, path, content, forward, model=pick, idempotent=idempotent), logged
+    return Outbound(method, path, content, forward, model=pick, idempotent=idempotent), logged_model(fields)
+
+
+def logged_model(fields: dict[str, Any]) -> str | None:
+    """The model a request names, for the usage log: its ``model`` (or older ``name``), a copy's ``destination``."""
+    return next((v for k in ("model", "name", "destination") if isinstance(v := fields.get(k), str) and v), None)
 
 
 async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -346,32 +349,20 @@ def create_app(upstreams: Sequence[str | Upstream], roster: Roster, policy: Poli
 
 
 def serve(app: Starlette, host: str = "127.0.0.1", port: int = 11435, *, log_level: str = "info") -> int:
-    """Run the gateway ``app`` with uvicorn until Ctrl-C or SIGTERM; return an exit code (as the chatbot's serve)."""
-    import uvicorn
-
-    from ..engine.connections import hardened_config, raise_fd_limit
+    """Run the gateway ``app`` until Ctrl-C or SIGTERM, as the engine and the chatbot run; return an exit code."""
+    from ..engine.connections import listen, serve_until_stopped
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if log_level != "debug":
         logging.getLogger("httpx").setLevel(logging.WARNING)  # its line per upstream call repeats uvicorn's
-    try:  # our own socket: a port in use is a clear message, not a traceback from inside uvicorn
-        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-    except OSError as exc:
-        print(f"error: cannot listen on {host}:{port}: {exc.strerror}\n  -> Is the gateway already running there? "
-              "Stop it, or choose --port.", file=sys.stderr)
+    sock = listen(host, port, "the gateway")
+    if sock is None:
         return 1
-    raise_fd_limit()
-    # The engine's hardened settings: slow or silent clients time out instead of holding sockets forever.
-    config = hardened_config(app, log_level=log_level, timeout_graceful_shutdown=3, access_log=True)
     gateway: Gateway = app.state.gateway
     shown = f"[{host}]" if ":" in host else host
     upstreams = ", ".join(up.url for up in gateway.upstreams.upstreams)
     print(f"llm-experiment classroom: http://{shown}:{sock.getsockname()[1]} -> {upstreams}; status page at "
           "/classroom. Ctrl-C to stop.", file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: None)  # as the engine: `docker stop` ends with exit code 0
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass
+    serve_until_stopped(app, sock, log_level=log_level, access_log=True)
     print("llm-experiment classroom: stopped", file=sys.stderr)
     return 0
