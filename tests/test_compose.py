@@ -25,10 +25,10 @@ COMPOSE = ROOT / "docker-compose.yml"
 GPU = ROOT / "docker-compose.gpu.yml"
 SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 
-SERVICES = {"ollama", "pull-models", "jupyter", "chatbot"}
+SERVICES = {"ollama", "pull-models", "jupyter", "chatbot", "classroom"}
 # service: (variable, default host port, container port)
 PORTS = {"ollama": ("OLLAMA_PORT", "11434", 11434), "jupyter": ("JUPYTER_PORT", "8888", 8888),
-         "chatbot": ("CHATBOT_PORT", "9000", 9000)}
+         "chatbot": ("CHATBOT_PORT", "9000", 9000), "classroom": ("CLASSROOM_PORT", "11435", 11435)}
 BIND = "${BIND_ADDRESS:-127.0.0.1}"  # the host address the ports are published on
 COURSE_MODELS = ("smollm2:135m", "all-minilm")
 
@@ -215,6 +215,15 @@ def test_models_live_in_a_named_volume(compose, services):
     source = mounts.get("/root/.ollama")
     assert source, "ollama: nothing is mounted at /root/.ollama, models would be lost with the container"
     assert source in (compose.get("volumes") or {}), f"{source!r} is not a named volume (a bind mount or anonymous)"
+
+
+def test_the_classroom_gateway_is_a_profile_with_its_roster_in_a_volume(compose, services):
+    classroom = services["classroom"]
+    assert classroom["profiles"] == ["classroom"], "the gateway starts only with --profile classroom"
+    mounts = dict((target, source) for source, target in volume_mounts(classroom))
+    assert mounts.get("/data") in (compose.get("volumes") or {}), "keys and usage must survive the container"
+    assert "--db /data/" in classroom["command"] and "--upstream http://ollama:11434" in classroom["command"]
+    assert classroom["depends_on"]["ollama"]["condition"] == "service_healthy"
 
 
 def test_ollama_image_is_pinned_and_has_a_working_healthcheck(services):
