@@ -17,7 +17,7 @@ from .errors import OllamaError
 from .hosts import default_model, server_url
 from .ndjson import iter_ndjson, show_progress
 
-PACKAGES = ["requests", "ollama", "pandas", "matplotlib", "ipywidgets", "jupyterlab", "nbval"]
+PACKAGES = ["requests", "ollama", "openai", "numpy", "pandas", "matplotlib", "ipywidgets", "jupyterlab", "nbval"]
 TIMEOUT = (5.0, 60.0)
 
 
