@@ -4,15 +4,17 @@
     python bench/robustness.py --examples 200   # a quick run
 
 Starts its own engine (a private, empty model store) and, while a thread asks ``/api/version``
-every 50 ms, sends ``--examples`` random bodies to /api/generate, /api/chat, /api/create and
-/api/show (valid and invalid fields mixed: wrong types, lone surrogates, huge numbers, broken
-JSON), then every hand-made reproducer of the robustness issue (hostile schemas, contexts, options,
-GGUF files, templates, a 52 MB body, 300 idle connections, kill -9 of a runner mid-generation).
+every 50 ms, sends ``--examples`` random bodies to /api/generate, /api/chat, /api/create,
+/api/show, /api/embed, /api/embeddings and /v1/embeddings (valid and invalid fields mixed: wrong
+types, lone surrogates, huge numbers, broken JSON), then every hand-made reproducer of the
+robustness issue (hostile schemas, contexts, options, GGUF files, templates, a 52 MB body, 300
+idle connections, kill -9 of a runner mid-generation).
 Every answer is sorted into one of:
 
 - correct: a 2xx or 4xx;
 - documented 5xx: a 500 whose message Ollama also gives (a wrongly typed option, an invalid format,
-  a runner that crashed or failed to load, a template that failed);
+  a runner that crashed or failed to load, a template that failed), or current Ollama's 501 for
+  embeddings from a completion model;
 - undocumented 5xx: any other 5xx, or an undocumented error inside a streamed answer;
 - hang: no answer within ``--timeout`` seconds;
 - crash: the engine died or stopped answering /api/version (it is restarted to go on).
@@ -192,6 +194,10 @@ def classify(response: requests.Response) -> str:
         error = response.json().get("error", "")
     except (ValueError, AttributeError):
         error = ""
+    if isinstance(error, dict):  # the /v1 routes: OpenAI's {"error": {"message", ...}}
+        error = error.get("message", "")
+    if status == 501 and isinstance(error, str) and "does not support embeddings" in error:
+        return OUTCOMES[1]  # as current Ollama: a completion model does not embed
     return OUTCOMES[1] if status == 500 and isinstance(error, str) and DOCUMENTED_500.match(error) else OUTCOMES[2]
 
 
@@ -299,7 +305,8 @@ class Fuzzer:
 
     def request(self) -> tuple[str, dict[str, Any]]:
         r = self.rng
-        path = r.choice(["/api/generate", "/api/chat", "/api/create", "/api/show"])
+        path = r.choice(["/api/generate", "/api/chat", "/api/create", "/api/show", "/api/embed", "/api/embeddings",
+                         "/v1/embeddings"])
         name, text = (lambda: r.choice(NAMES)), (lambda: r.choice(TEXTS))
         if path == "/api/generate":
             body = self.fields({"model": name}, {
@@ -321,8 +328,15 @@ class Fuzzer:
                 "files": lambda: {r.choice(["a.gguf", "x.bin"]): r.choice(["sha256:" + "0" * 64, "sha256:xyz"])}})
             # only names that are invalid or ours: the store keeps nothing else
             body["model"] = r.choice(["fuzz-a", "fuzz-b", "", "bad name", "x\ud800", None, 5, ["fuzz-a"]])
-        else:
+        elif path == "/api/show":
             body = self.fields({}, {"model": name, "name": name, "verbose": lambda: r.random() < 0.5})
+        else:  # the embedding routes: all-minilm (built from PyPI on first use) or another name
+            inputs = lambda: r.choice([text(), [text() for _ in range(r.randrange(4))], self.anything()])  # noqa: E731
+            body = self.fields({"model": lambda: r.choice(["all-minilm", "ALL-MINILM:22m", *NAMES])}, {
+                "input": inputs, "prompt": text, "truncate": lambda: r.random() < 0.5,
+                "dimensions": lambda: r.randint(-5, 500), "keep_alive": lambda: r.choice(KEEP_ALIVES),
+                "encoding_format": lambda: r.choice(["float", "base64", "int8"])})
+            body["options"] = self.options()
         return path, body
 
     def encode(self, body: dict[str, Any]) -> bytes:
