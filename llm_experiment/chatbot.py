@@ -36,16 +36,15 @@ the raw lines to relay.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import httpx
@@ -75,6 +74,7 @@ from .chatbot_schema import (
     docs_page,
     openapi_document,
 )
+from .hangup import unless_client_leaves
 from .hosts import default_model, server_url
 from .protocol import name_key, normalize_name
 
@@ -314,28 +314,6 @@ class Relay(StreamingResponse):
             with anyio.CancelScope(shield=True):  # even when cancelled: closing is what stops the generation
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
                 await self.upstream.aclose()
-
-
-T = TypeVar("T")
-
-
-async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T | None:
-    """``await work``, but cancel it and return None if the client hangs up first."""
-
-    async def client_left() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    job, hangup = asyncio.ensure_future(work), asyncio.ensure_future(client_left())
-    try:
-        await asyncio.wait({job, hangup}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        hangup.cancel()
-        if not job.done():
-            job.cancel()  # cancelling closes the upstream connection, and Ollama stops generating
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
-    return None if job.cancelled() else job.result()
 
 
 # --- the routes ----------------------------------------------------------------------------------------------------

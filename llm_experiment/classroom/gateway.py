@@ -44,7 +44,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..chatbot import unless_client_leaves
+from ..hangup import unless_client_leaves
 from .fairqueue import FairQueue, QueueFull, RateLimits
 from .policy import Decision, Policy
 from .relay import Head, Outbound, Outcome, Relay, UpstreamFailed, exchange

@@ -7,7 +7,6 @@ and describe the prompt; the runner process renders, tokenizes and generates (:m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from ..hangup import unless_client_leaves
 from ..protocol import normalize_name
 from .models import Model
 from .options import (
@@ -343,16 +343,10 @@ async def run(job: Job, engine: Engine, request: Request) -> Response:
             await stack.aclose()
         raise
     async with stack:
-        collecting = asyncio.create_task(_collect(events))
-        hangup = asyncio.create_task(disconnected(request))
-        await asyncio.wait({collecting, hangup}, return_when=asyncio.FIRST_COMPLETED)
-        hangup.cancel()
-        if not collecting.done():  # the client went away: stop generating
-            collecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await collecting
+        collected = await unless_client_leaves(request, _collect(events))
+        if collected is None:  # the client went away: the generation was stopped
             return Response(status_code=499)  # nobody is listening; Ollama logs 499 too
-        texts, logprobs, last = collecting.result()
+        texts, logprobs, last = collected
         if last["ev"] == "error":
             raise APIError(last["status"], last["message"])
         return JSONResponse(final(job, "".join(texts), last, load_ns, logprobs))
@@ -385,12 +379,4 @@ async def _ndjson(first: dict[str, Any], events: AsyncIterator[dict[str, Any]], 
             return
         elif event["ev"] == "error":  # after the first line, errors travel in the stream
             yield ndjson_line({"error": event["message"]})
-            return
-
-
-async def disconnected(request: Request) -> None:
-    """Return when the client hangs up while we compute a non-streamed answer."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
             return

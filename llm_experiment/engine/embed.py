@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,8 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .completion import disconnected, keep_alive_of, options_of
+from ..hangup import unless_client_leaves
+from .completion import keep_alive_of, options_of
 from .options import clamp_num_ctx
 from .show import context_length
 from .state import Engine
@@ -101,16 +101,10 @@ async def _until_done(events: Any, request: Request) -> dict[str, Any]:
         raise APIError(500, "the runner ended the job without an answer")
 
     try:
-        working = asyncio.create_task(last())
-        hangup = asyncio.create_task(disconnected(request))
-        await asyncio.wait({working, hangup}, return_when=asyncio.FIRST_COMPLETED)
-        hangup.cancel()
-        if not working.done():
-            working.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await working
+        done = await unless_client_leaves(request, last())
+        if done is None:
             raise APIError(499, "request canceled")
-        return working.result()
+        return done
     finally:
         await events.aclose()  # cancels the job in the runner if it is still going
 
