@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
@@ -75,11 +76,21 @@ def get(path: str, *, server: str | None = None, timeout: tuple[float, float] | 
     return _send("GET", path, None, server, False, timeout)
 
 
+def auth_headers() -> dict[str, str]:
+    """``Authorization: Bearer $OLLAMA_API_KEY`` when that variable is set, as the ``ollama`` client sends it.
+
+    Ollama itself needs no key; a classroom gateway (notebook 09) does. Read at each request, so a key
+    set with ``os.environ`` in a running notebook counts at once.
+    """
+    key = os.environ.get("OLLAMA_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def _send(method: str, path: str, body: dict[str, Any] | None, server: str | None, stream: bool,
           timeout: tuple[float, float] | None) -> requests.Response:
     url = server_url(server) + path
     try:
-        response = requests.request(method, url, json=body, stream=stream,
+        response = requests.request(method, url, json=body, stream=stream, headers=auth_headers(),
                                     timeout=timeout or (CONNECT_TIMEOUT, READ_TIMEOUT))
     except requests.RequestException as exc:
         raise error_from_exception(exc, url) from exc

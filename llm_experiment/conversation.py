@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .client import chat
+from .client import Reply, chat
 from .hosts import default_model
 
 
@@ -31,6 +31,7 @@ class Conversation:
         self.options = options
         self.server = server
         self.history: list[dict[str, str]] = []  # user and assistant turns, oldest first
+        self.last_reply: Reply | None = None  # the latest complete answer, with the server's stats
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -49,23 +50,29 @@ class Conversation:
             self.history = before  # a failed turn leaves the history as it was, trimmed turns included
             raise
         self.history.append({"role": "assistant", "content": reply.text})
+        self.last_reply = reply
         return reply.text
 
     def ask_stream(self, text: str) -> Iterator[str]:
         """Like :meth:`ask`, yielding the answer piece by piece.
 
-        If the caller stops early (Ctrl-C, ``break``), the partial answer is kept only when
-        something was received; the user's turn stays either way, so the history stays usable.
+        If the caller stops early (Ctrl-C, ``break``, ``close()``), the connection is closed, so the
+        server stops generating; the partial answer is kept only when something was received; the
+        user's turn stays either way, so the history stays usable. After a complete answer,
+        ``last_reply.stats`` holds the server's final object (token counts, durations).
         """
         before = list(self.history)
         self.history.append({"role": "user", "content": text})
         self.trim()
         pieces: list[str] = []
+        self.last_reply = None
         try:
-            stream = chat(self.messages, model=self.model, options=self.options, server=self.server, stream=True)
-            for piece in stream:
-                pieces.append(piece)
-                yield piece
+            with chat(self.messages, model=self.model, options=self.options, server=self.server,
+                      stream=True) as stream:
+                for piece in stream:
+                    pieces.append(piece)
+                    yield piece
+            self.last_reply = stream.reply
         except BaseException:
             if not pieces:
                 self.history = before
