@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llm-experiment",
         description="Tools of the LLM Experiment course. `serve` runs the embedded Ollama-compatible engine; "
                     "`check` tells whether everything is ready; `chatbot` runs the chatbot service of notebook 08; "
-                    "`classroom` shares Ollama servers with a class.",
+                    "`classroom` shares Ollama servers with a class; `queue` and `worker` run batch jobs through a "
+                    "task queue.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     chatbot.set_defaults(run=_chatbot)
 
     _add_classroom(commands)
+    _add_queue(commands)
 
     # Model commands, as `ollama` names them; they work against any server.
     server = argparse.ArgumentParser(add_help=False)
@@ -229,12 +231,16 @@ def _add_classroom(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="how much to log on stderr (info: one line per request)")
 
-    for role in ("student", "instructor"):
-        sub = verb(f"add-{role}", f"add a{'n' if role == 'instructor' else ''} {role} and print their key (once)",
-                   "add", f"Add a{'n' if role == 'instructor' else ''} {role} to the roster and print their new key "
-                          "on stdout. Only its hash is kept: hand the key over now. "
-                          + ("Instructors pass the policy unchanged and see /classroom." if role == "instructor"
-                             else "Students may use models and make their own, named NAME/..."))
+    what = {"student": "Students may use models and make their own, named NAME/...; they submit tasks to the "
+                       "task queue and see their own.",
+            "instructor": "Instructors pass the policy unchanged, see /classroom and every task in the task queue.",
+            "worker": "Workers pull tasks from the task queue (llm-experiment worker --key KEY) and post results; "
+                      "at the gateway a worker has a student's rights."}
+    for role, text in what.items():
+        article = "an" if role == "instructor" else "a"
+        sub = verb(f"add-{role}", f"add {article} {role} and print their key (once)", "add",
+                   f"Add {article} {role} to the roster and print their new key on stdout. Only its hash is kept: "
+                   f"hand the key over now. {text}")
         sub.add_argument("name", help="1-32 lowercase letters, digits, '-' or '_'; a student's models are NAME/...")
         sub.set_defaults(role=role)
     imported = verb("import", "add the students named in a CSV file; write their keys to another", "import_csv",
@@ -255,6 +261,13 @@ def _add_classroom(commands: argparse._SubParsersAction) -> None:
                                                        "2025-03-04T09:00 (local time unless it ends in Z or +01:00)")
     report.add_argument("--out", metavar="FILE", help="write every request (since --since) to this CSV file")
     classroom.set_defaults(run=lambda args: (classroom.print_help(), 2)[1])
+
+
+def _add_queue(commands: argparse._SubParsersAction) -> None:
+    """``llm-experiment queue serve`` and ``llm-experiment worker``: the task queue (issue #13)."""
+    from .taskqueue.commands import add_parsers  # argparse only: the manager's server is imported when it runs
+
+    add_parsers(commands)
 
 
 def _models(command: str, *args: object) -> int:

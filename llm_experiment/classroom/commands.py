@@ -18,6 +18,7 @@ from pathlib import Path
 from .roster import Roster, RosterError, check_name
 
 ENV_HINT = "Students set OLLAMA_HOST=http://<gateway>:11435 and OLLAMA_API_KEY=<their key>"
+WORKER_HINT = "On the worker's machine: llm-experiment worker --queue http://<queue>:5000 --key <this key>"
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -42,12 +43,14 @@ def add(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     roster = Roster(args.db)
     try:
-        key = roster.add_instructor(args.name) if args.role == "instructor" else roster.add_student(args.name)
+        key = {"instructor": roster.add_instructor, "worker": roster.add_worker,
+               "student": roster.add_student}[args.role](args.name)
     except RosterError as exc:
         return _fail(str(exc))
     print(key)
     print(f"{args.role} {args.name} added to {args.db}. Hand this key over now: only its hash is kept, it cannot "
-          f"be shown again (`classroom rotate {args.name}` makes a new one). {ENV_HINT}.", file=sys.stderr)
+          f"be shown again (`classroom rotate {args.name}` makes a new one). "
+          f"{WORKER_HINT if args.role == 'worker' else ENV_HINT}.", file=sys.stderr)
     return 0
 
 

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 KEY_PREFIX = "llmx_"  # recognisable in a notebook, a log or a secret scanner; never a valid Ollama name
-STUDENT, INSTRUCTOR = "student", "instructor"
+STUDENT, INSTRUCTOR, WORKER = "student", "instructor", "worker"  # workers pull tasks from the task queue
 NAME_RULE = "1-32 lowercase letters, digits, '-' or '_', starting with a letter, digit or '_'"
 # A member's name is the namespace of their models ("alice/mymodel"), so it must be a valid Ollama
 # namespace (protocol.parse_name) as well: no leading "-", no "." and nothing outside ASCII.
@@ -92,6 +92,7 @@ class Roster:
             if new:  # hashes and the salt are nobody else's business (SQLite gives -wal/-shm the same mode)
                 os.chmod(self.path, 0o600)
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once, kept in the file
+            _allow_workers(conn)
             conn.executescript(_SCHEMA)
             # INSERT OR IGNORE: two processes opening a new roster at once agree on one salt
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('salt', ?)", (secrets.token_bytes(32),))
@@ -106,6 +107,12 @@ class Roster:
     def add_instructor(self, name: str) -> str:
         """Add an instructor (the policy lets them do everything); returns their new key."""
         return self._add(name, INSTRUCTOR)
+
+    def add_worker(self, name: str) -> str:
+        """Add a worker: a machine that pulls tasks from the task queue (``llm-experiment worker``); returns its key.
+
+        At the classroom gateway a worker key has a student's rights, named after the worker."""
+        return self._add(name, WORKER)
 
     def revoke(self, name: str) -> None:
         """Stop ``name``'s key from working. Revoking twice is harmless; :meth:`rotate` re-admits."""
@@ -228,16 +235,27 @@ class Roster:
             conn.close()
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+_MEMBERS = """
 CREATE TABLE IF NOT EXISTS members (
     name TEXT PRIMARY KEY,
-    role TEXT NOT NULL CHECK (role IN ('student', 'instructor')),
+    role TEXT NOT NULL CHECK (role IN ('student', 'instructor', 'worker')),
     key_hash BLOB NOT NULL UNIQUE,
     created TEXT NOT NULL,
     revoked TEXT
-);
-"""
+)"""
+_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);" + _MEMBERS + ";"
+
+
+def _allow_workers(conn: sqlite3.Connection) -> None:
+    """Rosters made before workers existed only allow two roles: copy their members into today's table."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'members'").fetchone()
+    if row is None or "'worker'" in row[0]:
+        return
+    conn.execute("BEGIN IMMEDIATE")  # one transaction (committed by the caller's `with conn`): all or nothing
+    conn.execute("ALTER TABLE members RENAME TO members_before_workers")
+    conn.execute(_MEMBERS)
+    conn.execute("INSERT INTO members SELECT name, role, key_hash, created, revoked FROM members_before_workers")
+    conn.execute("DROP TABLE members_before_workers")
 
 
 def _new_key() -> str:
