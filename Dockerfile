@@ -21,13 +21,17 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 
 # The pinned packages first, without the course package itself (the "-e ." line): this slow
-# layer is then rebuilt only when requirements.txt changes, not at every change of the code.
-COPY requirements.txt ./
-RUN grep -v '^-e ' requirements.txt > /tmp/requirements-pinned.txt \
-    && pip install -r /tmp/requirements-pinned.txt \
-    && rm /tmp/requirements-pinned.txt
+# layer is then rebuilt only when the requirements change, not at every change of the code.
+# The full set (requirements.txt: the client set, requirements-client.txt, plus the embedded engine),
+# so that the image can also run engines (notebook 09's instructor half).
+COPY requirements.txt requirements-client.txt ./
+RUN mkdir /tmp/pins \
+    && grep -v '^-e ' requirements-client.txt > /tmp/pins/requirements-client.txt \
+    && grep -v '^-e ' requirements.txt > /tmp/pins/requirements.txt \
+    && pip install -r /tmp/pins/requirements.txt \
+    && rm -r /tmp/pins
 
-# Then the course (see .dockerignore for what is left out) and the "-e ." line of requirements.txt.
+# Then the course (see .dockerignore for what is left out) and the "-e ." line of requirements-client.txt.
 COPY . .
 RUN pip install --no-deps -e .
 

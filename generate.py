@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except OllamaError as exc:
         print(f"{chr(10) if printed else ''}error: {exc}", file=sys.stderr)
         return 1
-    except RuntimeError as exc:  # the embedded engine could not start
+    except RuntimeError as exc:  # the embedded engine could not start, or is not installed (the client set)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,9 +10,10 @@ import importlib.metadata
 import importlib.util
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .client import generate, get, post
+from .embedded import CLIENT_INSTALL, ENGINE_INSTALL, ENGINE_PACKAGES, missing_engine_packages
 from .errors import OllamaError
 from .hosts import default_model, server_url
 from .ndjson import iter_ndjson, show_progress
@@ -29,17 +30,39 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    notes: list[str] = field(default_factory=list)  # more to know, one line each (printed under the result)
 
     def __str__(self) -> str:
-        line = f"[{'OK' if self.ok else 'FAIL'}] {self.name}: {self.detail}"
-        return line if self.ok or not self.fix else f"{line}\n       fix: {self.fix}"
+        lines = [f"[{'OK' if self.ok else 'FAIL'}] {self.name}: {self.detail}"]
+        if not self.ok and self.fix:
+            lines.append(f"       fix: {self.fix}")
+        lines += [f"       {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def check_install_set() -> Check:
+    """Which install set is here: the full set (with the embedded engine) or the client set, and what is missing.
+
+    Both are fine for the course: the client set talks to a real Ollama, the full set can also serve itself.
+    """
+    missing = missing_engine_packages()
+    if not missing:
+        return Check("install set", True, f"the full set with the embedded engine ({ENGINE_INSTALL}): "
+                                          "`llm-experiment serve` works")
+    what = {pip_name: adds for pip_name, adds in ENGINE_PACKAGES.values()}
+    notes = [f"not installed: {name}: {what[name]}" for name in missing]
+    notes.append(f"to add the embedded engine (for a machine without Ollama): {ENGINE_INSTALL}")
+    return Check("install set", True, f"the client set ({CLIENT_INSTALL}), without the embedded engine: "
+                                      "use a real Ollama (`ollama serve`, or OLLAMA_HOST)", notes=notes)
 
 
 def check_package(name: str) -> Check:
     """Whether a Python package the course uses can be imported."""
     module = name.replace("-", "_")
     if importlib.util.find_spec(module) is None:
-        return Check(f"package {name}", False, "not installed", "pip install -r requirements.txt")
+        client_set = bool(missing_engine_packages())
+        fix = f"{CLIENT_INSTALL}   (or the full set: {ENGINE_INSTALL})" if client_set else ENGINE_INSTALL
+        return Check(f"package {name}", False, "not installed", fix)
     try:
         version = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -51,6 +74,10 @@ def check_server(server: str) -> Check:
     """Whether an Ollama-compatible server answers ``GET /api/version`` at ``server``."""
     fix = ("start one in a terminal: `llm-experiment serve` (the course's embedded engine) or `ollama serve`; "
            "if the server is elsewhere, set OLLAMA_HOST (e.g. OLLAMA_HOST=http://teacher:11434)")
+    if missing_engine_packages():  # the client set: `llm-experiment serve` needs the engine first
+        fix = ("start Ollama in a terminal (`ollama serve`), or set OLLAMA_HOST to a running one (e.g. "
+               f"OLLAMA_HOST=http://teacher:11434); or add the embedded engine (`{ENGINE_INSTALL}`, needs a C/C++ "
+               "compiler) and run `llm-experiment serve`")
     try:
         version = get("/api/version", server=server, timeout=TIMEOUT).json()["version"]
     except OllamaError as exc:
@@ -113,7 +140,7 @@ def run_checks(server: str | None = None, model: str | None = None, allow_pull: 
     """Run every check, print one line each, and return whether all passed."""
     server = server_url(server)
     model = model or default_model()
-    results = [check_package(name) for name in PACKAGES]
+    results = [check_install_set(), *(check_package(name) for name in PACKAGES)]
     for result in results:
         out(str(result))
     server_check = check_server(server)

