@@ -288,6 +288,8 @@ def describe(task: Task) -> dict[str, Any]:
     """What a submitter sees of a task: ``result`` only once it is done, ``error`` once it failed."""
     shown: dict[str, Any] = {"task_id": task.id, "status": task.status, "model": task.model,
                              "attempts": task.attempts, "submitted": task.submitted}
+    if task.started is not None:  # when a worker first took it (Unix seconds, as submitted and finished)
+        shown["started"] = task.started
     if task.status == DONE:
         shown.update(result=task.result, stats=task.stats or {}, finished=task.finished)
     elif task.error:  # failed, or queued again after a failed attempt

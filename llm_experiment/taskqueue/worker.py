@@ -95,7 +95,10 @@ class Worker:
                 wait = min(wait * 2, self.idle_wait)
                 continue
             wait = 0.1
-            self.work_on(task)
+            try:
+                self.work_on(task)
+            except Exception as exc:  # noqa: BLE001 - a malformed task or a bug: the slot lives on
+                self.say(f"task {task.get('task_id')!r} could not be run: {exc!r}; its lease will run out")
 
     # one task ----------------------------------------------------------------------------------
 
