@@ -76,7 +76,8 @@ class ChatBox(widgets.VBox):
         self.temperature = widgets.FloatSlider(value=temperature, min=0, max=2, step=0.1, description="Temperature",
                                                **label)
         self.history = widgets.VBox(layout=widgets.Layout(max_height="480px", overflow="auto"))
-        self.input = widgets.Text(placeholder="Ask something, press Enter", layout=widgets.Layout(flex="1"))
+        self.input = widgets.Text(placeholder="Ask something, press Enter", continuous_update=False,
+                                  layout=widgets.Layout(flex="1"))  # the text reaches Python on Enter, not per key
         self.send_button = widgets.Button(description="Send", button_style="primary")
         self.stop_button = widgets.Button(description="Stop", disabled=True)
         self.reset_button = widgets.Button(description="Reset")
@@ -86,8 +87,8 @@ class ChatBox(widgets.VBox):
             widget.add_class(f"chatbox-{name}")  # names for the page's CSS and for the browser test
 
         # The Text widget sends a "submit" message when Enter is pressed (on_submit is deprecated in ipywidgets 8).
-        self.input.on_msg(lambda _, content, __: content.get("event") == "submit" and self._submit())
-        self.send_button.on_click(lambda _: self._submit())
+        self.input.on_msg(lambda _, content, __: content.get("event") == "submit" and self._submit_soon())
+        self.send_button.on_click(lambda _: self._submit_soon())
         self.stop_button.on_click(lambda _: self.stop())
         self.reset_button.on_click(lambda _: self.reset())
         settings = widgets.HBox([self.model, self.temperature])
@@ -145,6 +146,11 @@ class ChatBox(widgets.VBox):
         self.conversation.reset()
         self.history.children = ()
         self.status.value = ""
+
+    def _submit_soon(self) -> None:
+        # The browser sends "submit" at once, but the text itself a moment later, as an ordinary value
+        # update: read the input box only when that has arrived.
+        threading.Timer(0.3, self._submit).start()
 
     def _submit(self) -> None:
         if not self.busy and self.input.value.strip():
