@@ -20,6 +20,13 @@ def url(engine: RunningEngine) -> str:
     return engine.url
 
 
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """Async tests run on asyncio, as uvicorn runs the engine and the gateway. (anyio would also run them on
+    trio, which is installed as a dependency of selenium; the code under test uses asyncio directly.)"""
+    return "asyncio"
+
+
 @pytest.fixture(autouse=True)
 def _no_inherited_host(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests say which server they use; the OLLAMA_HOST set for the notebooks must not leak in."""
