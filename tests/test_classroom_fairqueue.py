@@ -402,3 +402,27 @@ def test_no_limit_and_zero_limits():
     assert unlimited.usage("ann") == {"requests_last_minute": 0, "tokens_last_hour": 0}  # nothing is kept
     closed = RateLimits(requests_per_minute=0, tokens_per_hour=0, clock=clock)
     assert closed.check("ann") == pytest.approx(3600.0)
+
+
+@pytest.mark.anyio
+async def test_a_smaller_capacity_holds_new_turns_and_a_larger_one_lets_them_go() -> None:
+    """An upstream down: the queue shrinks (running requests keep their slots); back up: waiters go at once."""
+    queue = FairQueue(capacity=2, per_student=2)
+    first, second = queue.slot("alice"), queue.slot("bob")
+    await first.__aenter__()
+    await second.__aenter__()
+    queue.resize(1)
+    await first.__aexit__(None, None, None)  # one slot left running: at the new capacity already
+    waiting = asyncio.ensure_future(_hold(queue, "carol"))
+    await asyncio.sleep(0)
+    assert not waiting.done() and queue.waiting == 1
+    queue.resize(2)  # the upstream is back
+    await asyncio.sleep(0)
+    assert waiting.done() and queue.running == 2
+    await second.__aexit__(None, None, None)
+    queue.resize(0)
+    assert queue.capacity == 1  # never below one
+
+
+async def _hold(queue: FairQueue, student: str) -> None:
+    await queue.slot(student).__aenter__()

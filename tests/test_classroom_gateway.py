@@ -263,6 +263,15 @@ def test_failover_and_a_stream_cut_by_a_dying_upstream(engine, classroom, tmp_pa
         app = create_app([second.url, engine.url], classroom.roster, LONG_POLICY, classroom.usage, check_every=3600)
         with ServedApp(app) as url:
             wait_for(lambda: all(up["models"] for up in status(url, classroom)["upstreams"]), "the first check")
+            # The model lists of both engines, merged: a model only the second has, the shared one once.
+            requests.post(second.url + "/api/copy", json={"source": MODEL, "destination": "second-only"},
+                          timeout=30).raise_for_status()
+            alice = bearer(classroom.keys["alice"])
+            names = [m["name"] for m in requests.get(url + "/api/tags", headers=alice, timeout=30).json()["models"]]
+            assert names.count(MODEL) == 1 and "second-only:latest" in names
+            ids = [m["id"] for m in requests.get(url + "/v1/models", headers=alice, timeout=30).json()["data"]]
+            assert ids.count(MODEL) == 1 and "second-only:latest" in ids
+            assert status(url, classroom)["queue"]["capacity"] == 2
             body = {"model": MODEL, "prompt": ENDLESS, "options": {**GREEDY, "num_predict": 2000}}
             with httpx.stream("POST", url + "/api/generate", json=body, headers=bearer(classroom.keys["alice"]),
                               timeout=60) as stream:
@@ -282,6 +291,9 @@ def test_failover_and_a_stream_cut_by_a_dying_upstream(engine, classroom, tmp_pa
                 assert r.status_code == 200, r.text
             dead, alive = status(url, classroom)["upstreams"]
             assert not dead["healthy"] and "cannot connect" in dead["last_error"] and alive["healthy"]
+            assert status(url, classroom)["queue"]["capacity"] == 1  # as many at once as the healthy engine takes
+            names = [m["name"] for m in requests.get(url + "/api/tags", headers=alice, timeout=30).json()["models"]]
+            assert MODEL in names and "second-only:latest" not in names
     finally:
         second.server.stop()
         log.close()

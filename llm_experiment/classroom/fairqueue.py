@@ -121,6 +121,14 @@ class FairQueue:
             raise
         return max(0, round((self._clock() - waiter.since) * 1e9))
 
+    def resize(self, capacity: int) -> None:
+        """Change how many requests run at once (at least 1): an upstream went down, or came back.
+
+        Requests already running keep their slots; with fewer slots, new turns wait until enough have ended.
+        """
+        self.capacity = max(1, capacity)
+        self._dispatch()
+
     def _forget(self, waiter: _Waiter) -> None:
         """Take a waiter that never got its turn out of the queue (if :meth:`_dispatch` has not already)."""
         waiter.turn.cancel()

@@ -15,6 +15,9 @@ Students use it as they would use Ollama, with their key set (``OLLAMA_HOST=http
    unchanged, byte for byte as it arrives (:mod:`.relay`);
 6. what it cost: one row in the usage log, with Ollama's token counts (:mod:`.usage`).
 
+With several upstreams, the model lists (``/api/tags``, ``/api/ps``, ``/v1/models``) are every healthy
+upstream's, merged (:mod:`.listing`), and the fair queue shrinks to what the healthy upstreams take.
+
 Without a key: ``GET /`` and ``GET /api/version`` (and HEAD), so clients and health checks can find out that
 a server is there before a key is set; they say nothing about the class. Everything else needs a key.
 
@@ -46,6 +49,7 @@ from starlette.routing import Route
 
 from ..hangup import unless_client_leaves
 from .fairqueue import FairQueue, QueueFull, RateLimits
+from .listing import LISTS, NoListing, merged_listing
 from .policy import Decision, Policy
 from .relay import Head, Outbound, Outcome, Relay, UpstreamFailed, exchange
 from .roster import Member, Roster, bearer_key
@@ -76,7 +80,7 @@ class Gateway:
                  queue: FairQueue, limits: RateLimits, check_every: float = 5.0):
         self.roster, self.policy, self.usage, self.queue, self.limits = roster, policy, usage, queue, limits
         self.client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, limits=UPSTREAM_LIMITS)
-        self.upstreams = Upstreams(upstreams, self.client, check_every)
+        self.upstreams = Upstreams(upstreams, self.client, check_every, on_change=self._resize_queue)
         self._background: set[asyncio.Task[Any]] = set()
 
     @contextlib.asynccontextmanager
@@ -112,6 +116,8 @@ class Gateway:
             return refusal(decision)
         if decision.changes:
             log.info("%s %s: %s", member.name, path, "; ".join(decision.changes))
+        if method == "GET" and path in LISTS and len(self.upstreams.upstreams) > 1:
+            return await self._listing(member, path, started_at, decision.openai)
         outbound, model = outbound_request(method, path, decision, body, rest, request.headers)
         if path in QUEUED and not member.is_instructor:
             wait = self.limits.check(member.name)
@@ -159,7 +165,24 @@ class Gateway:
             if member is not None:
                 self._finish(member, outbound.path, model, outcome, started_at)
 
+    async def _listing(self, member: Member, path: str, started_at: float, openai: bool) -> Response:
+        """``/api/tags``, ``/api/ps`` or ``/v1/models`` of every healthy upstream, merged (:mod:`.listing`)."""
+        try:
+            merged = await merged_listing(self.client, self.upstreams, path)
+        except NoListing as exc:
+            self._record(member, path, None, 503, started_at)
+            return error(503, str(exc), openai)
+        self._record(member, path, None, 200, started_at)
+        return JSONResponse(merged)
+
     # bookkeeping -----------------------------------------------------------------------------------------
+
+    def _resize_queue(self) -> None:
+        """An upstream went down or came back: the fair queue lets as many run as the healthy ones take."""
+        capacity = self.upstreams.healthy_capacity
+        log.info("the fair queue now runs %d request(s) at once (%d of %d upstreams healthy)", max(1, capacity),
+                 len(self.upstreams.healthy()), len(self.upstreams.upstreams))
+        self.queue.resize(capacity)
 
     async def _member(self, key: str | None) -> Member | None:
         """The member whose key this is; the roster is read in a thread, off the event loop."""

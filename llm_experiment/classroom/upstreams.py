@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,17 +88,28 @@ class Upstream:
 class Upstreams:
     """The gateway's Ollama servers, checked every ``check_every`` seconds by :meth:`run`."""
 
-    def __init__(self, urls: Iterable[str | Upstream], client: httpx.AsyncClient, check_every: float = 5.0):
+    def __init__(self, urls: Iterable[str | Upstream], client: httpx.AsyncClient, check_every: float = 5.0,
+                 on_change: Callable[[], None] | None = None):
         self.upstreams = [url if isinstance(url, Upstream) else Upstream(url) for url in urls]
         if not self.upstreams:
             raise ValueError("the gateway needs at least one upstream Ollama server URL")
         self.client = client
         self.check_every = check_every
+        self.on_change = on_change  # called when an upstream is taken out or comes back
 
     @property
     def capacity(self) -> int:
         """How many requests all upstreams run at once: a good ``capacity`` for the :class:`FairQueue`."""
         return sum(up.parallel for up in self.upstreams)
+
+    @property
+    def healthy_capacity(self) -> int:
+        """How many requests the healthy upstreams run at once (the fair queue shrinks to it when one is down)."""
+        return sum(up.parallel for up in self.upstreams if up.healthy)
+
+    def healthy(self) -> list[Upstream]:
+        """The upstreams that answered their last check, in the order given."""
+        return [up for up in self.upstreams if up.healthy]
 
     def pick(self, model: str) -> Upstream:
         """The least busy healthy upstream that has ``model``; else the least busy healthy one.
@@ -131,10 +142,10 @@ class Upstreams:
 
     def mark_failed(self, up: Upstream, error: BaseException | str) -> None:
         """Take ``up`` out of :meth:`pick` until a check finds it answering again."""
-        if up.healthy:
+        was_healthy, up.healthy, up.last_error = up.healthy, False, _describe(error)
+        if was_healthy:
             log.warning("upstream %s failed, taken out until it answers again: %s", up.url, error)
-        up.healthy = False
-        up.last_error = _describe(error)
+            self._changed()
 
     async def refresh(self) -> None:
         """Check every upstream at once: ``GET /api/version`` and ``GET /api/tags``, with short timeouts."""
@@ -151,11 +162,16 @@ class Upstreams:
         if problem is not None:
             self.mark_failed(up, problem)
             return
-        if not up.healthy:
-            log.info("upstream %s answers again", up.url)
         up.version = version.json()["version"]
         up.set_models(m.get("model") or m.get("name") for m in tags.json()["models"] or [])
-        up.healthy, up.last_error = True, None
+        was_healthy, up.healthy, up.last_error = up.healthy, True, None
+        if not was_healthy:
+            log.info("upstream %s answers again", up.url)
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def run(self) -> None:
         """Check the upstreams now and every ``check_every`` seconds, until cancelled."""
