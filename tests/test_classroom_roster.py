@@ -240,3 +240,27 @@ def test_many_threads_at_once(roster: Roster) -> None:
 ])
 def test_bearer_key(header: str | None, key: str | None) -> None:
     assert bearer_key(header) == key
+
+
+def test_a_change_from_another_process_counts_at_once_despite_the_remembered_keys(tmp_path):
+    """authenticate() remembers members between changes of the file; any change, by anyone, forgets them."""
+    # Two Roster objects on one file: their connections are as separate as two processes'.
+    gateway, instructor = Roster(tmp_path / "c.sqlite"), Roster(tmp_path / "c.sqlite")
+    key = instructor.add_student("alice")
+    assert gateway.authenticate(key).name == "alice"
+    assert gateway.authenticate(key).name == "alice"  # remembered
+    instructor.revoke("alice")
+    assert gateway.authenticate(key) is None
+    new_key = instructor.rotate("alice")
+    assert gateway.authenticate(key) is None and gateway.authenticate(new_key).name == "alice"
+    late = instructor.add_student("bob")  # a key unknown a moment ago (and remembered as unknown) works at once
+    assert gateway.authenticate(late).name == "bob"
+
+
+def test_wrong_keys_cannot_grow_the_remembered_table_without_bound(tmp_path):
+    roster = Roster(tmp_path / "c.sqlite")
+    key = roster.add_student("alice")
+    for n in range(roster_module._REMEMBERED + 10):
+        assert roster.authenticate(f"llmx_wrong{n}") is None
+    assert len(roster._found) <= roster_module._REMEMBERED
+    assert roster.authenticate(key).name == "alice"

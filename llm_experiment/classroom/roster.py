@@ -27,11 +27,13 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+_REMEMBERED = 4096  # key hashes authenticate() remembers between changes of the roster
 KEY_PREFIX = "llmx_"  # recognisable in a notebook, a log or a secret scanner; never a valid Ollama name
 STUDENT, INSTRUCTOR, WORKER = "student", "instructor", "worker"  # workers pull tasks from the task queue
 NAME_RULE = "1-32 lowercase letters, digits, '-' or '_', starting with a letter, digit or '_'"
@@ -97,6 +99,12 @@ class Roster:
             # INSERT OR IGNORE: two processes opening a new roster at once agree on one salt
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('salt', ?)", (secrets.token_bytes(32),))
             self._salt: bytes = conn.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()[0]
+        # authenticate() runs on every request: it keeps one connection open and remembers the members it
+        # found, until SQLite's data_version says that anyone (another process too) has changed the file.
+        self._reader: sqlite3.Connection | None = None
+        self._found: dict[bytes, tuple[str, str, str, str | None, bytes] | None] = {}
+        self._version: int | None = None
+        self._reading = threading.Lock()
 
     # members -----------------------------------------------------------------------------------
 
@@ -143,15 +151,31 @@ class Roster:
         if not isinstance(key, str) or not key.startswith(KEY_PREFIX) or len(key) > 100:
             return None
         digest = self._hash(key)
-        with self._connect() as conn:
-            row = conn.execute("SELECT name, role, created, revoked, key_hash FROM members WHERE key_hash = ?",
-                               (digest,)).fetchone()
+        row = self._lookup(digest)
         # The index lookup finds the row by hash. Comparing again in constant time costs nothing and
         # keeps the rule simple: secrets are never compared with ==. (Timing the lookup can only
         # reveal something about a hash, and a hash of a random 192-bit key gives nothing away.)
         if row is None or not hmac.compare_digest(row[4], digest) or row[3] is not None:
             return None
         return _member(*row[:4])
+
+    def _lookup(self, digest: bytes) -> tuple[str, str, str, str | None, bytes] | None:
+        """The member row with this key hash, remembered until the roster file changes."""
+        with self._reading:
+            if self._reader is None:
+                self._reader = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
+            # data_version changes when any other connection, in any process, commits to the file.
+            version = self._reader.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._version:
+                self._found.clear()
+                self._version = version
+            if digest not in self._found:
+                if len(self._found) >= _REMEMBERED:  # wrong keys are remembered too: bound the table
+                    self._found.clear()
+                self._found[digest] = self._reader.execute(
+                    "SELECT name, role, created, revoked, key_hash FROM members WHERE key_hash = ?",
+                    (digest,)).fetchone()
+            return self._found[digest]
 
     # CSV ---------------------------------------------------------------------------------------
 
