@@ -177,16 +177,23 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60, help="length of the load window (default 60)")
     parser.add_argument("--greedy", type=int, default=3, help=f"students who send {BURST} requests at once (default 3)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--engine-threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="CPU threads of each engine (default: half the cores, so that the two engines share "
+                             "the machine instead of fighting over every core; 0: all cores each, as one engine "
+                             "per machine would run)")
     args = parser.parse_args()
     if not 0 <= args.greedy < args.students:
         parser.error("--greedy must be below --students")
 
     print(f"{args.students} students ({args.greedy} greedy, {BURST} requests at once), {args.seconds:g} s, "
-          f"{os.cpu_count()} CPU threads, model {MODEL}, 2 engines", flush=True)
+          f"{os.cpu_count()} CPU threads, model {MODEL}, 2 engines with "
+          f"{args.engine_threads or 'all'} thread(s) each", flush=True)
+    threads = ["--threads", str(args.engine_threads)] if args.engine_threads else None
     with tempfile.TemporaryDirectory(prefix="classroom-load-") as tmp_name:
         tmp = Path(tmp_name)
         engine_logs = [open(tmp / f"engine{i}.log", "w") for i in (1, 2)]  # noqa: SIM115 - closed below
-        engines = [EmbeddedServer(log=log, env={"OLLAMA_MODELS": str(tmp / f"models{i}"), "OLLAMA_KEEP_ALIVE": "-1"})
+        engines = [EmbeddedServer(log=log, args=threads,
+                                  env={"OLLAMA_MODELS": str(tmp / f"models{i}"), "OLLAMA_KEEP_ALIVE": "-1"})
                    for i, log in enumerate(engine_logs, 1)]
         gateway_log = open(tmp / "gateway.log", "w")  # noqa: SIM115 - closed below
         gateway = None
