@@ -299,6 +299,44 @@ def test_failover_and_a_stream_cut_by_a_dying_upstream(engine, classroom, tmp_pa
         log.close()
 
 
+def test_an_instructor_s_model_changes_reach_every_upstream(engine, classroom, tmp_path):
+    second, log = start_engine(tmp_path, "second")
+
+    def names(server: str) -> list[str]:
+        return [m["name"] for m in requests.get(server + "/api/tags", timeout=30).json()["models"]]
+
+    try:
+        app = create_app([engine.url, second.url], classroom.roster, POLICY, classroom.usage, check_every=3600)
+        with ServedApp(app) as url:
+            teacher = bearer(classroom.keys["teacher"])
+            copied = requests.post(url + "/api/copy", json={"source": MODEL, "destination": "class-copy"},
+                                   headers=teacher, timeout=60)
+            assert copied.status_code == 200, copied.text
+            with requests.post(url + "/api/create", json={"model": "class-tutor", "from": MODEL, "system": "Be brief."},
+                               headers=teacher, stream=True, timeout=120) as created:
+                lines = [json.loads(line) for line in created.iter_lines() if line]
+            assert created.status_code == 200 and [line.get("status") for line in lines].count("success") == 2, lines
+            for server in (engine.url, second.url):
+                assert {"class-copy:latest", "class-tutor:latest"} <= set(names(server))
+
+            client = ollama.Client(host=url, headers=teacher)  # the official client: its delete, non-streamed
+            for name in ("class-copy", "class-tutor"):
+                client.delete(name)
+            for server in (engine.url, second.url):
+                assert not {"class-copy:latest", "class-tutor:latest"} & set(names(server))
+
+            # A student's model lives on one server: deleting it everywhere finds it there, and that is enough.
+            requests.post(second.url + "/api/copy", json={"source": MODEL, "destination": "alice/only-here"},
+                          timeout=60).raise_for_status()
+            gone = requests.delete(url + "/api/delete", json={"model": "alice/only-here"}, headers=teacher, timeout=60)
+            assert gone.status_code == 200 and "alice/only-here:latest" not in names(second.url)
+            nowhere = requests.delete(url + "/api/delete", json={"model": "nowhere"}, headers=teacher, timeout=60)
+            assert nowhere.status_code == 404 and "not found" in nowhere.json()["error"]
+    finally:
+        second.server.stop()
+        log.close()
+
+
 # --- the official clients --------------------------------------------------------------------------------------------
 
 

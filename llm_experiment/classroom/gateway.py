@@ -16,7 +16,8 @@ Students use it as they would use Ollama, with their key set (``OLLAMA_HOST=http
 6. what it cost: one row in the usage log, with Ollama's token counts (:mod:`.usage`).
 
 With several upstreams, the model lists (``/api/tags``, ``/api/ps``, ``/v1/models``) are every healthy
-upstream's, merged (:mod:`.listing`), and the fair queue shrinks to what the healthy upstreams take.
+upstream's, merged (:mod:`.listing`), an instructor's pull, create, copy and delete run on every healthy
+upstream (:mod:`.everywhere`), and the fair queue shrinks to what the healthy upstreams take.
 
 Without a key: ``GET /`` and ``GET /api/version`` (and HEAD), so clients and health checks can find out that
 a server is there before a key is set; they say nothing about the class. Everything else needs a key.
@@ -44,10 +45,11 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..hangup import unless_client_leaves
+from .everywhere import EVERYWHERE, all_at_once, one_by_one, streamed
 from .fairqueue import FairQueue, QueueFull, RateLimits
 from .listing import LISTS, NoListing, merged_listing
 from .policy import Decision, Policy
@@ -119,6 +121,9 @@ class Gateway:
         if method == "GET" and path in LISTS and len(self.upstreams.upstreams) > 1:
             return await self._listing(member, path, started_at, decision.openai)
         outbound, model = outbound_request(method, path, decision, body, rest, request.headers)
+        if (member.is_instructor and path in EVERYWHERE and outbound.replayable
+                and len(self.upstreams.healthy()) > 1):
+            return await self._everywhere(member, outbound, streamed(path, _json_object(body)), started_at, model)
         if path in QUEUED and not member.is_instructor:
             wait = self.limits.check(member.name)
             if wait is not None:
@@ -174,6 +179,32 @@ class Gateway:
             return error(503, str(exc), openai)
         self._record(member, path, None, 200, started_at)
         return JSONResponse(merged)
+
+    async def _everywhere(self, member: Member, outbound: Outbound, stream: bool, started_at: float,
+                          model: str | None) -> Response:
+        """An instructor's pull, create, copy or delete on every healthy upstream (:mod:`.everywhere`)."""
+        ups = self.upstreams.healthy()
+        if not stream:
+            status, content = await all_at_once(self.client, ups, outbound)
+            self._record(member, outbound.path, model, status, started_at)
+            if status == 200:
+                self._check_upstreams_soon()
+            return Response(content, status_code=status, media_type="application/json")
+        pieces = one_by_one(self.client, ups, outbound)
+        head = await anext(pieces)
+        assert isinstance(head, Head)
+
+        async def rest() -> AsyncIterator[bytes]:
+            try:
+                async with contextlib.aclosing(pieces):
+                    async for piece in pieces:
+                        assert isinstance(piece, bytes)
+                        yield piece
+            finally:
+                self._record(member, outbound.path, model, head.status, started_at)
+                self._check_upstreams_soon()  # so requests for the new model find every upstream that has it
+
+        return StreamingResponse(rest(), status_code=head.status, media_type=head.content_type)
 
     # bookkeeping -----------------------------------------------------------------------------------------
 
