@@ -27,14 +27,15 @@ from llm_experiment.protocol import OPTION_TYPES
 
 __all__ = ["Modelfile", "ModelfileError", "parse", "render", "to_create_request"]
 
-INSTRUCTIONS = ("from", "license", "template", "system", "adapter", "parameter", "message")
+INSTRUCTIONS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser", "parameter",
+                "message", "requires")
 ROLES = ("system", "user", "assistant")
 
 # Ollama's error texts, word for word, so a student can search for them.
 NO_FROM = "no FROM line"
-BAD_INSTRUCTION = (
-    'command must be one of "from", "license", "template", "system", "adapter", "parameter", or "message"'
-)
+BAD_INSTRUCTION = ('command must be one of "from", "license", "template", "system", "adapter", "draft", "renderer", '
+                   '"parser", "parameter", "message", or "requires"')
+BAD_REQUIRES = "requires must be a valid semver (e.g. 0.14.0)"
 BAD_ROLE = 'message role must be one of "system", "user", or "assistant"'
 EOF = "unexpected EOF"
 
@@ -50,6 +51,10 @@ class Modelfile:
     adapters: list[str] = field(default_factory=list)
     license: list[str] = field(default_factory=list)  # LICENSE may repeat
     messages: list[dict[str, str]] = field(default_factory=list)  # MESSAGE role content
+    draft: str | None = None  # DRAFT: a draft model's GGUF on your disk, for speculative decoding
+    renderer: str | None = None  # RENDERER and PARSER: which of Ollama's built-in prompt renderers and output
+    parser: str | None = None  # parsers (tool calls, thinking) the model uses instead of a TEMPLATE
+    requires: str | None = None  # REQUIRES: the oldest Ollama version the model works with, e.g. "0.14.0"
 
 
 class ModelfileError(ValueError):
@@ -181,6 +186,16 @@ def parse(text: str) -> Modelfile:
                 mf.system = value
             case "adapter":  # all kept here; Ollama's client sends only the last one
                 mf.adapters.append(value)
+            case "draft":
+                mf.draft = value
+            case "renderer":
+                mf.renderer = value
+            case "parser":
+                mf.parser = value
+            case "requires":  # Ollama checks it as a semantic version, adding the "v" Go's semver wants
+                if not _SEMVER.fullmatch(value if value.startswith("v") else "v" + value):
+                    raise ModelfileError(BAD_REQUIRES, instruction.line)
+                mf.requires = value.removeprefix("v")
             case "license":
                 mf.license.append(value)
             case "message":
@@ -193,6 +208,14 @@ def parse(text: str) -> Modelfile:
                 else:
                     mf.parameters[name] = converted
     return mf
+
+
+# golang.org/x/mod/semver's IsValid: "v1", "v1.2", "v1.2.3", the last with a pre-release and build suffix.
+_NUMBER = r"(?:0|[1-9][0-9]*)"
+_SEMVER = re.compile(
+    rf"v{_NUMBER}(?:\.{_NUMBER}(?:\.{_NUMBER}"
+    rf"(?:-(?:{_NUMBER}|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:{_NUMBER}|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*)?"
+    r"(?:\+[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*)?)?)?")
 
 
 # Parameter values, converted as Go's strconv does in Ollama's api.FormatParams ----------------
@@ -282,6 +305,9 @@ def render(mf: Modelfile) -> str:
     """Write ``mf`` as Modelfile text; ``parse`` (and Ollama) read it back as the same Modelfile."""
     lines = [f"FROM {_quote(mf.from_)}"]
     lines += [f"ADAPTER {_quote(adapter)}" for adapter in mf.adapters]
+    lines += [f"{keyword.upper()} {_quote(value)}" for keyword, value in
+              (("draft", mf.draft), ("renderer", mf.renderer), ("parser", mf.parser), ("requires", mf.requires))
+              if value is not None]
     if mf.template is not None:
         lines.append(f"TEMPLATE {_quote(mf.template)}")
     if mf.system is not None:
@@ -324,7 +350,8 @@ def to_create_request(mf: Modelfile, model: str) -> dict[str, Any]:
     uploaded with ``POST /api/blobs/sha256:<digest>`` and named in ``files``/``adapters``; this
     function does not read files, so it refuses them rather than send a path the server can't see.
     """
-    local = ([mf.from_] if _looks_like_file(mf.from_) else []) + mf.adapters  # an adapter is always a file
+    # An adapter and a draft model are always files.
+    local = ([mf.from_] if _looks_like_file(mf.from_) else []) + mf.adapters + ([mf.draft] if mf.draft else [])
     if local:
         raise ValueError(f"{local[0]!r} is a local file: upload it with POST /api/blobs/sha256:<digest> and send "
                          "its digest in 'files' or 'adapters', or run `ollama create -f Modelfile`")
@@ -335,6 +362,9 @@ def to_create_request(mf: Modelfile, model: str) -> dict[str, Any]:
         "parameters": {name: list(v) if isinstance(v, list) else v for name, v in mf.parameters.items()},
         "messages": [{"role": m["role"], "content": m["content"]} for m in mf.messages],
         "license": list(mf.license),
+        "renderer": mf.renderer,
+        "parser": mf.parser,
+        "requires": mf.requires,
     }
     # Go's omitempty: "", [] and {} are not sent, so SYSTEM "" keeps the base model's system prompt.
     return {"model": model} | {key: value for key, value in optional.items() if value}

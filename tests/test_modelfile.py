@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from llm_experiment.modelfile import Modelfile, ModelfileError, parse, render, to_create_request
 from llm_experiment.protocol import OPTION_TYPES
 
-BAD_INSTRUCTION = (
-    'command must be one of "from", "license", "template", "system", "adapter", "parameter", or "message"'
-)
+# Ollama's parser/parser.go, word for word (it learnt DRAFT, RENDERER, PARSER and REQUIRES in 2025).
+BAD_INSTRUCTION = ('command must be one of "from", "license", "template", "system", "adapter", "draft", "renderer", '
+                   '"parser", "parameter", "message", or "requires"')
 BAD_ROLE = 'message role must be one of "system", "user", or "assistant"'
 
 
@@ -69,6 +69,20 @@ def test_every_instruction():
         license=["MIT", "Apache\n2.0"],
         messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello\nthere"}],
     )
+
+
+def test_the_newer_instructions():
+    mf = parse("FROM qwen3:0.6b\nRENDERER qwen3-coder\nPARSER qwen3-coder\nREQUIRES 0.14.0\nDRAFT ./draft.gguf\n")
+    assert (mf.renderer, mf.parser, mf.requires, mf.draft) == ("qwen3-coder", "qwen3-coder", "0.14.0", "./draft.gguf")
+    assert parse("FROM x\nREQUIRES v1.2\n").requires == "1.2"  # Go's semver: "v" optional, minor and patch too
+    assert parse("FROM x\nREQUIRES 1.2.3-rc.1+build.5\n").requires == "1.2.3-rc.1+build.5"
+    for wrong in ("latest", "1.2.3.4", "01.2.3", "1.2-rc"):
+        error = error_of(f"FROM x\nREQUIRES {wrong}\n")
+        assert (error.message, error.line) == ("requires must be a valid semver (e.g. 0.14.0)", 2)
+    body = to_create_request(parse("FROM x\nRENDERER r\nPARSER p\nREQUIRES 0.14.0\n"), "m")
+    assert body == {"model": "m", "from": "x", "renderer": "r", "parser": "p", "requires": "0.14.0"}
+    with pytest.raises(ValueError, match="draft.gguf"):  # a draft model is a file to upload first
+        to_create_request(parse("FROM x\nDRAFT ./draft.gguf\n"), "m")
 
 
 def test_the_smallest_modelfile():
@@ -384,6 +398,10 @@ MODELFILES = st.builds(
     license=st.lists(VALUES, max_size=2),
     messages=st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
                                              "content": VALUES}), max_size=3),
+    draft=st.none() | VALUES,
+    renderer=st.none() | VALUES,
+    parser=st.none() | VALUES,
+    requires=st.none() | st.from_regex(r"(0|[1-9][0-9]{0,2})(\.(0|[1-9][0-9]{0,2})){0,2}", fullmatch=True),
 )
 
 
@@ -397,6 +415,7 @@ def test_parse_reads_back_what_render_writes(mf):
 @given(MODELFILES, st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}(:[a-z0-9._-]{1,10})?", fullmatch=True))
 def test_create_request_is_what_the_official_client_sends(mf, model):
     mf.adapters.clear()  # files must be uploaded first; refused, see above
+    mf.draft = mf.renderer = mf.parser = mf.requires = None  # fields the official client cannot send
     mf.from_ = "base-" + mf.from_  # a model name, not a path
     assert to_create_request(mf, model) == sent_by_ollama_python(
         model=model, from_=mf.from_, template=mf.template or None, system=mf.system or None,
