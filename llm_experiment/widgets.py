@@ -136,7 +136,11 @@ class ChatBox(widgets.VBox):
             self.thread.join(timeout)
 
     def stop(self) -> None:
-        """End the streaming answer: we hang up, and the server stops generating."""
+        """End the streaming answer: we hang up, and the server stops generating.
+
+        The thread hangs up when the next piece arrives (within a token once the model writes).
+        """
+        self.stop_button.disabled = True  # at once, as a sign that the click was seen
         self._stop.set()
 
     def reset(self) -> None:
