@@ -37,6 +37,8 @@ def _embedding_only(model: dict[str, Any]) -> bool:
 
 def explain(exc: Exception, model: str, server: str) -> str:
     """What went wrong and what to do about it, in Markdown, for a student (never a traceback)."""
+    if isinstance(exc, ValueError):  # JSON that did not parse: something else answers there
+        return f"**The server at {server} does not answer as Ollama does** ({exc}): check `OLLAMA_HOST`."
     if not isinstance(exc, OllamaError):
         return f"**Unexpected error** `{type(exc).__name__}: {exc}`"
     if exc.status is None and "connect" in exc.message:
@@ -101,8 +103,8 @@ class ChatBox(widgets.VBox):
         """Fill the model dropdown from the server; the chosen model stays even if the server lacks it."""
         try:
             names = chat_models(self.server)
-        except OllamaError as exc:
-            self._say(explain(exc, self.model.value, self.server), error=True)
+        except Exception as exc:  # shown in the box, as every failure
+            self._error(explain(exc, self.model.value, self.server))
             return
         current = self.model.value
         self.model.options = names if current in names else [current, *names]
@@ -177,7 +179,7 @@ class ChatBox(widgets.VBox):
                     break
         except Exception as exc:  # every failure is shown in the box, none as a traceback
             self._show(bubble, "".join(pieces) or "*(no answer)*")
-            self._say(explain(exc, self.conversation.model, self.server), error=True)
+            self._error(explain(exc, self.conversation.model, self.server))
             return
         finally:
             stream.close()  # after a Stop: closes the connection, so the server stops generating
@@ -210,10 +212,10 @@ class ChatBox(widgets.VBox):
         bubble.outputs = ({"output_type": "display_data", "metadata": {},
                            "data": {"text/markdown": markdown, "text/plain": markdown}},)
 
-    def _say(self, markdown: str, *, error: bool = False) -> None:
-        """A note in the history (an error, with its fix) and in the status line."""
-        note = widgets.Output(layout=widgets.Layout(border="1px solid #d9534f" if error else "", padding="0 8px"))
-        note.add_class("chatbox-error" if error else "chatbox-note")
+    def _error(self, markdown: str) -> None:
+        """An error, with its fix, in a red box in the history; the status line points at it."""
+        note = widgets.Output(layout=widgets.Layout(border="1px solid #d9534f", padding="0 8px"))
+        note.add_class("chatbox-error")
         self._show(note, markdown)
         self.history.children = (*self.history.children, note)
-        self.status.value = "<b style='color:#d9534f'>Error</b>: see above." if error else ""
+        self.status.value = "<b style='color:#d9534f'>Error</b>: see above."

@@ -196,3 +196,12 @@ def test_a_refused_key_and_a_full_queue(fake, monkeypatch):
     box.send("Hi")
     box.wait(60)
     assert "The server is busy" in errors(box)[-1] and "maximum pending requests" in errors(box)[-1]
+
+
+def test_a_server_that_is_not_ollama_is_reported_in_the_box():
+    from starlette.responses import PlainTextResponse
+
+    app = Starlette(routes=[Route("/api/tags", lambda request: PlainTextResponse("<html>a web page</html>"))])
+    with ServedApp(app) as url:
+        box = ChatBox(server=url)  # no traceback: the failure is in the box
+    assert f"The server at {url} does not answer as Ollama does" in errors(box)[0] and "Error" in box.status.value
