@@ -123,9 +123,10 @@ class ChatBox(widgets.VBox):
         self._stop.clear()
         self.stop_button.disabled, self.send_button.disabled = False, True
         self.status.value = f"<i>{html.escape(self.model.value)} is answering…</i>"
-        self.thread = threading.Thread(target=self._answer, args=(text, answer), daemon=True)
-        self.thread.start()  # the kernel stays free while the model answers
-        return self.thread
+        thread = threading.Thread(target=self._answer, args=(text, answer), daemon=True)
+        thread.start()  # the kernel stays free while the model answers
+        self.thread = thread
+        return thread
 
     @property
     def busy(self) -> bool:
