@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, help="randomness: 0 always picks the likeliest word (default: "
                                                           "the model's, 0.8 in Ollama)")
     parser.add_argument("--seed", type=int, help="random seed: the same seed and prompt give the same answer")
+    parser.add_argument("--num-predict", type=int, metavar="N", help="the most tokens the answer may have (default: "
+                                                                     "the model's; Ollama's is no limit)")
     parser.add_argument("--no-stream", action="store_true", help="wait for the whole answer instead of streaming it")
     parser.add_argument("--stats", action="store_true", help="after the answer, print token counts, durations "
                                                              "and tokens/s (on stderr)")
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     prompt = read_prompt(args.prompt)
     if not prompt:
         parser.error('no prompt: give one as an argument (python generate.py "Hello") or on stdin')
-    options = {k: v for k, v in (("temperature", args.temperature), ("seed", args.seed)) if v is not None}
+    chosen = (("temperature", args.temperature), ("seed", args.seed), ("num_predict", args.num_predict))
+    options = {k: v for k, v in chosen if v is not None}
 
     printed = False  # whether part of an answer is on the screen (an error then starts on a new line)
     try:

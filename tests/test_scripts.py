@@ -38,7 +38,9 @@ def test_generate_main_streams_the_answer_and_stats(url, capsys):
 
 def test_generate_reads_the_prompt_from_stdin(url, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("1, 2, 3, 4,"))
-    assert generate_script.main(["--server", url, "--no-stream", "--temperature", "0", "--seed", "1"]) == 0
+    # Greedy, the model would count on to the end of its context: minutes on a busy machine. 16 tokens are enough.
+    assert generate_script.main(["--server", url, "--no-stream", "--temperature", "0", "--seed", "1",
+                                 "--num-predict", "16"]) == 0
     assert capsys.readouterr().out.strip()
 
 
@@ -64,7 +66,8 @@ def test_generate_without_a_prompt_is_a_usage_error(monkeypatch, capsys):
 def test_generate_help_explains_every_option():
     result = run_script("generate.py", "--help")
     assert result.returncode == 0
-    for option in ["--model", "--server", "--system", "--temperature", "--seed", "--no-stream", "--stats"]:
+    for option in ["--model", "--server", "--system", "--temperature", "--seed", "--num-predict", "--no-stream",
+                   "--stats"]:
         assert option in result.stdout
 
 
