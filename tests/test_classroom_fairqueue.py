@@ -405,6 +405,29 @@ def test_no_limit_and_zero_limits():
 
 
 @pytest.mark.anyio
+async def test_coming_back_after_a_pause_does_not_jump_ahead_of_a_backlog():
+    """A student who was served, paused and came back waits their turn like one who kept requests waiting:
+    otherwise, with students coming and going all the time, a student with a backlog would starve."""
+    queue, served = FairQueue(capacity=1), []
+    greedy_first = Request(queue, "greedy", served)
+    await settle()
+    backlog = [Request(queue, "greedy", served) for _ in range(2)]
+    alice_first, bob = Request(queue, "alice", served), Request(queue, "bob", served)
+    await settle()
+    greedy_first.release.set()
+    await settle()  # alice's turn (never served), greedy's backlog waits
+    alice_first.release.set()
+    await settle()  # bob's turn; alice has nothing left and leaves the table
+    alice_again = Request(queue, "alice", served)  # back after a pause, while greedy still waits
+    await settle()
+    bob.release.set()
+    await settle()  # greedy was served before alice: greedy's turn now, not alice's
+    assert students_of(served) == ["greedy", "alice", "bob", "greedy"]
+    await serve_all([*backlog, alice_again])
+    assert students_of(served) == ["greedy", "alice", "bob", "greedy", "alice", "greedy"]
+
+
+@pytest.mark.anyio
 async def test_a_smaller_capacity_holds_new_turns_and_a_larger_one_lets_them_go() -> None:
     """An upstream down: the queue shrinks (running requests keep their slots); back up: waiters go at once."""
     queue = FairQueue(capacity=2, per_student=2)

@@ -30,6 +30,9 @@ from typing import Any
 QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
 
 
+_REMEMBERED = 10_000  # idle students whose last turn the queue remembers
+
+
 class QueueFull(Exception):
     """More than ``max_waiting`` requests are waiting: answer 503, as Ollama does, and let the client retry."""
 
@@ -57,9 +60,10 @@ class FairQueue:
     """At most ``capacity`` requests at once, ``per_student`` of them per student, turns given round-robin.
 
     Among the students who have a request waiting and are below ``per_student``, a free slot goes to
-    the one served least recently (a student who has just arrived first). Over students who keep
+    the one served least recently (a student never served yet first). Over students who keep
     requests waiting, that is round-robin; each student's own requests are served in arrival order.
-    A student with nothing waiting or running is forgotten, so the table stays as small as the class.
+    A student with nothing waiting or running leaves the table, but the queue remembers their last
+    turn, so coming back after a pause does not jump ahead of those who kept waiting.
     """
 
     def __init__(self, capacity: int, per_student: int = 1, max_waiting: int = 512,
@@ -76,6 +80,10 @@ class FairQueue:
         self._waiting = 0
         self._turns = itertools.count()
         self._arrivals = itertools.count()
+        # The last turn of students with nothing waiting or running. Without it, a student who comes back
+        # after a pause would count as never served and go before one who kept requests waiting, every
+        # time: with many students coming and going, a student with a backlog would hardly be served.
+        self._served_before: dict[str, int] = {}
 
     @property
     def running(self) -> int:
@@ -102,7 +110,9 @@ class FairQueue:
             self._release(student)
 
     async def _acquire(self, student: str) -> int:
-        entry = self._students.setdefault(student, _Student())
+        entry = self._students.get(student)
+        if entry is None:
+            entry = self._students[student] = _Student(last_served=self._served_before.pop(student, -1))
         waiter = _Waiter(student, self._clock(), next(self._arrivals), asyncio.get_running_loop().create_future())
         entry.waiting.append(waiter)
         self._waiting += 1
@@ -149,6 +159,10 @@ class FairQueue:
     def _drop_if_idle(self, student: str, entry: _Student) -> None:
         if not entry.waiting and entry.running == 0:
             del self._students[student]
+            if entry.last_served >= 0:
+                self._served_before[student] = entry.last_served
+                if len(self._served_before) > _REMEMBERED:  # bounded: forget the student idle the longest
+                    del self._served_before[next(iter(self._served_before))]
 
     def _dispatch(self) -> None:
         """Give free slots to waiting students, least recently served first."""
