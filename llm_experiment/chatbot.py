@@ -55,6 +55,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .bodies import TooLarge, read_bounded
 from .chatbot_schema import (
     MAX_BODY,
     MAX_TOKENS,
@@ -164,20 +165,14 @@ def upstream_refusal(status: int, text: str, settings: Settings, model: str) -> 
 
 async def read_request(request: Request) -> ChatRequest:
     """The body, at most MAX_BODY bytes, validated against ChatRequest."""
-    too_large = ServiceError(413, f"The body is larger than {MAX_BODY} bytes.", "body_too_large")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise too_large  # uvicorn reads and drops the rest of the body, so the client still gets this answer
-    raw = bytearray()
     try:
-        async for piece in request.stream():
-            raw += piece
-            if len(raw) > MAX_BODY:
-                raise too_large
+        raw = await read_bounded(request, MAX_BODY)
+    except TooLarge:
+        raise ServiceError(413, f"The body is larger than {MAX_BODY} bytes.", "body_too_large") from None
     except ClientDisconnect:  # gone (or stalled, then cut off by uvicorn) mid-body: nobody will read this answer
         raise ServiceError(400, "The client left before sending the whole body.", "incomplete_body") from None
     try:
-        return ChatRequest.model_validate_json(bytes(raw))
+        return ChatRequest.model_validate_json(raw)
     except ValidationError as exc:
         raise invalid(exc) from None
 

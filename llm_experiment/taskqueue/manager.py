@@ -33,6 +33,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..bodies import TooLarge, read_bounded
 from ..classroom.roster import INSTRUCTOR, STUDENT, WORKER, Roster, bearer_key
 from ..hosts import default_model
 from ..protocol import normalize_name
@@ -212,16 +213,11 @@ class Manager:
     async def body(self, request: Request) -> dict[str, Any]:
         """The request's JSON object, at most ``max_body`` bytes."""
         limit = self.limits.max_body
-        declared = request.headers.get("content-length", "")
-        too_large = Refused(413, f"the body is larger than {limit} bytes: send fewer or shorter tasks per request")
-        if declared.isdigit() and int(declared) > limit:
-            raise too_large
-        raw = bytearray()
         try:
-            async for piece in request.stream():
-                raw += piece
-                if len(raw) > limit:
-                    raise too_large
+            raw = await read_bounded(request, limit)
+        except TooLarge:
+            raise Refused(413, f"the body is larger than {limit} bytes: send fewer or shorter tasks per "
+                               "request") from None
         except ClientDisconnect:
             raise Refused(400, "the client left before sending the whole body") from None
         try:
