@@ -237,6 +237,10 @@ def _add_classroom(commands: argparse._SubParsersAction) -> None:
                                                              "(default: no limit); beyond: 429 with Retry-After")
     serve.add_argument("--tokens-per-hour", type=int, metavar="N",
                        help="prompt + answer tokens per student per hour (default: no limit)")
+    serve.add_argument("--origin", action="append", metavar="URL",
+                       help="a web page's origin (https://app.example.org) whose JavaScript may call the gateway "
+                            "from a browser with a key (CORS); repeat for several (default: none; notebooks and "
+                            "programs need none)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="how much to log on stderr (info: one line per request)")
 

@@ -337,6 +337,28 @@ def test_an_instructor_s_model_changes_reach_every_upstream(engine, classroom, t
         log.close()
 
 
+def test_web_pages_of_the_given_origins_may_call_it_from_a_browser(engine, classroom):
+    """CORS: the browser's preflight carries no key and is answered for the given origins only."""
+    app = create_app([engine.url], classroom.roster, POLICY, classroom.usage, origins=["https://app.example.org"])
+    with ServedApp(app) as url:
+        asked = {"Origin": "https://app.example.org", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+        preflight = requests.options(url + "/api/chat", headers=asked, timeout=30)
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example.org"
+        assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+        other = requests.options(url + "/api/chat", headers={**asked, "Origin": "https://evil.example"}, timeout=30)
+        assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+        listed = requests.get(url + "/api/tags", timeout=30, headers={
+            "Origin": "https://app.example.org", **bearer(classroom.keys["alice"])})
+        assert listed.status_code == 200 and listed.headers["access-control-allow-origin"] == "https://app.example.org"
+        no_key = requests.get(url + "/api/tags", headers={"Origin": "https://app.example.org"}, timeout=30)
+        assert no_key.status_code == 401  # CORS lets the page read the answer, not skip the key
+    with ServedApp(create_app([engine.url], classroom.roster, POLICY, classroom.usage)) as url:  # the default
+        preflight = requests.options(url + "/api/chat", headers=asked, timeout=30)
+        assert "access-control-allow-origin" not in preflight.headers
+
+
 # --- the official clients --------------------------------------------------------------------------------------------
 
 

@@ -179,7 +179,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(upstreams, roster, policy, usage, per_student=args.per_student,
                          requests_per_minute=args.rpm, tokens_per_hour=args.tokens_per_hour,
-                         max_waiting=args.max_waiting)
+                         max_waiting=args.max_waiting, origins=args.origin or ())
         return run(app, args.host, args.port, log_level=args.log_level)
     finally:
         usage.close()

@@ -44,6 +44,7 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -378,7 +379,7 @@ async def _on_bug(request: Request, exc: Exception) -> Response:
 
 def create_app(upstreams: Sequence[str | Upstream], roster: Roster, policy: Policy, usage: UsageLog, *,
                per_student: int = 1, requests_per_minute: int | None = None, tokens_per_hour: int | None = None,
-               max_waiting: int = 512, check_every: float = 5.0) -> Starlette:
+               max_waiting: int = 512, check_every: float = 5.0, origins: Sequence[str] = ()) -> Starlette:
     """The gateway as an ASGI app, in front of the Ollama servers ``upstreams`` (``OLLAMA_HOST`` form, or
     :class:`Upstream` objects to say how many requests each runs at once).
 
@@ -387,6 +388,9 @@ def create_app(upstreams: Sequence[str | Upstream], roster: Roster, policy: Poli
     ``requests_per_minute`` and ``tokens_per_hour`` limit each student (``None``: no limit); instructors
     have no limits. The upstreams are checked every ``check_every`` seconds. ``usage`` stays open: its
     owner closes it after the app has stopped.
+
+    ``origins``: web pages (``https://app.example.org``) whose JavaScript may call the gateway from a
+    browser, key in hand (CORS). None by default: students' notebooks and programs need no CORS at all.
     """
     servers = [up if isinstance(up, Upstream) else Upstream(up) for up in upstreams]
     if not servers:
@@ -398,6 +402,10 @@ def create_app(upstreams: Sequence[str | Upstream], roster: Roster, policy: Poli
                             Route("/classroom", gateway.page, methods=["GET"]),
                             Route("/{path:path}", gateway.handle, methods=_METHODS)],
                     exception_handlers={Exception: _on_bug}, lifespan=gateway.lifespan)
+    if origins:  # answers the browser's preflight (which carries no key) and marks the answers as readable
+        app.add_middleware(CORSMiddleware, allow_origins=list(origins), allow_methods=_METHODS,
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"],
+                           max_age=600)
     app.state.gateway = gateway
     return app
 
