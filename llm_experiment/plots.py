@@ -38,3 +38,24 @@ def box_by(results: pd.DataFrame, by: str, y: str, *, xlabel: str, ylabel: str, 
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3, axis="y")
     return ax
+
+
+def points_by(results: pd.DataFrame, by: str, y: str, *, xlabel: str, ylabel: str, title: str,
+              ax: Axes | None = None) -> Axes:
+    """Every run of ``y`` as a point, one column per value of ``by``, and each column's median as a bar.
+
+    For a handful of runs per group, the points themselves say more than a box drawn from five values.
+    """
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    groups = [(key, group[y].dropna()) for key, group in results.groupby(by)]
+    jitter = np.random.default_rng(0)  # a fixed spread sideways, so points with equal values stay visible
+    for position, (_, values) in enumerate(groups):
+        xs = position + jitter.uniform(-0.12, 0.12, len(values))
+        ax.scatter(xs, values, alpha=0.7, color="C0", label="one run" if position == 0 else None)
+        ax.hlines(values.median(), position - 0.25, position + 0.25, color="C1",
+                  label="median" if position == 0 else None)
+    ax.set_xticks(range(len(groups)), [str(key) for key, _ in groups])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    return ax

@@ -8,6 +8,7 @@ runs small experiment grids with repeats, and keeps the results in tidy pandas t
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -125,7 +126,7 @@ def unload(model: str | None = None, server: str | None = None) -> None:
 def run_grid(prompts: Mapping[str, str], *, grid: Mapping[str, Iterable[Any]] | None = None, repeats: int = 3,
              warmup: int = 1, cold: bool = False, model: str | None = None, server: str | None = None,
              base_options: Mapping[str, Any] | None = None, fresh_prompts: bool = False,
-             progress: bool = True) -> pd.DataFrame:
+             shuffle: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Measure every combination of ``prompts`` (label -> text) and ``grid`` options, ``repeats`` times.
 
     ``grid`` maps option names (``num_predict``, ``temperature``, ...) to the values to try. Before
@@ -134,21 +135,36 @@ def run_grid(prompts: Mapping[str, str], *, grid: Mapping[str, Iterable[Any]] | 
     unloaded before the first measured run of each combination, which is then marked ``cold=True``.
     Servers reuse the start of the previous prompt (its evaluation is cached); ``fresh_prompts=True``
     begins every prompt with its own run number, so each run evaluates its whole prompt.
+
+    By default the runs go combination by combination. A machine drifts (it warms up, another program
+    starts), and in that order a drift looks like a difference between combinations. ``shuffle=<seed>``
+    runs every warm-up first, then all measured runs in a random order that the seed repeats, so a drift
+    spreads over all combinations. Column ``order`` numbers the runs as they ran.
     """
+    if shuffle is not None and cold:
+        raise ValueError("cold=True needs the runs in order (the model is unloaded before each combination's "
+                         "first run): leave shuffle out")
     grid = {name: list(values) for name, values in (grid or {}).items()}
-    combos = list(itertools.product(prompts.items(), *grid.values()))
+    combos = []
+    for (label, prompt), *values in itertools.product(prompts.items(), *grid.values()):
+        combos.append((label, prompt, {**(base_options or {}), **dict(zip(grid, values, strict=True))}))
+    plan = [(combo, run) for combo in range(len(combos)) for run in range(-warmup, repeats)]  # grouped order
+    if shuffle is not None:
+        warmups, measured = [p for p in plan if p[1] < 0], [p for p in plan if p[1] >= 0]
+        random.Random(shuffle).shuffle(measured)
+        plan = warmups + measured
     rows = []
-    for number, ((label, prompt), *values) in enumerate(combos, start=1):
-        options = {**(base_options or {}), **dict(zip(grid, values, strict=True))}
-        for run in range(-warmup, repeats):
-            is_cold = cold and run == 0
-            if is_cold:
-                unload(model, server)
-            text = f"[{len(rows)}] {prompt}" if fresh_prompts else prompt
-            row = measure(text, model=model, options=options, server=server)
-            rows.append({"prompt": label, **options, "run": run, "warmup": run < 0, "cold": is_cold, **row})
+    for combo, run in plan:
+        label, prompt, options = combos[combo]
+        is_cold = cold and run == 0
+        if is_cold:
+            unload(model, server)
+        text = f"[{len(rows)}] {prompt}" if fresh_prompts else prompt
+        row = measure(text, model=model, options=options, server=server)
+        rows.append({"prompt": label, **options, "run": run, "warmup": run < 0, "cold": is_cold,
+                     "order": len(rows), **row})
         if progress:
-            print(f"\r{number}/{len(combos)} combinations measured", end="", flush=True)
+            print(f"\r{len(rows)}/{len(plan)} runs measured", end="", flush=True)
     if progress:
         print()
     return pd.DataFrame(rows)

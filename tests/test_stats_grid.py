@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from llm_experiment.plots import box_by, fit_line, scatter_with_fit  # noqa: E402
+from llm_experiment.plots import box_by, fit_line, points_by, scatter_with_fit  # noqa: E402
 from llm_experiment.stats import load_csv, measure, run_grid, save_csv, summary, to_row  # noqa: E402
 
 
@@ -39,6 +39,23 @@ def test_the_grid_has_one_row_per_run_with_flags(grid_results):
     assert cold["load_s"].median() > warm["load_s"].median()  # a cold start pays for loading the model
 
 
+def test_shuffled_runs_come_after_every_warmup_in_an_order_the_seed_repeats(engine):
+    def plan(seed):
+        table = run_grid({"a": "Hi", "b": "Hello"}, grid={"num_predict": [1, 2]}, repeats=3, warmup=1,
+                         shuffle=seed, server=engine.url, base_options={"temperature": 0}, progress=False)
+        assert list(table["order"]) == list(range(len(table)))
+        assert table["warmup"].iloc[:4].all() and not table["warmup"].iloc[4:].any()  # warm-ups first
+        measured = table[~table["warmup"]]
+        assert (measured.groupby(["prompt", "num_predict"]).size() == 3).all()  # every combination, 3 times
+        return list(zip(measured["prompt"], measured["num_predict"], measured["run"], strict=True))
+
+    first = plan(7)
+    assert first == plan(7)  # the seed repeats the order
+    assert first != sorted(first, key=lambda r: (r[0], r[1], r[2]))  # and it is not the grouped order
+    with pytest.raises(ValueError, match="cold"):
+        run_grid({"a": "Hi"}, cold=True, shuffle=1, server=engine.url, progress=False)
+
+
 def test_summary_leaves_warmups_out(grid_results):
     table = summary(grid_results, by=["prompt", "num_predict"])
     assert (table[("runs", "")] == 2).all()
@@ -60,4 +77,6 @@ def test_plots_are_labelled():
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("prompt tokens", "prompt evaluation (s)")
     ax = box_by(table, "eval_count", "prompt_eval_s", xlabel="answer tokens", ylabel="s", title="t")
     assert ax.get_title() == "t"
+    ax = points_by(table, "prompt_eval_count", "prompt_eval_s", xlabel="prompt tokens", ylabel="s", title="p")
+    assert ax.get_title() == "p" and [t.get_text() for t in ax.get_xticklabels()] == ["10", "20", "40"]
     assert fit_line(pd.Series([0, 1, 2]), pd.Series([1, 3, 5])) == pytest.approx((2.0, 1.0))
