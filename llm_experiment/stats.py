@@ -163,7 +163,7 @@ def run_grid(prompts: Mapping[str, str], *, grid: Mapping[str, Iterable[Any]] | 
         row = measure(text, model=model, options=options, server=server)
         rows.append({"prompt": label, **options, "run": run, "warmup": run < 0, "cold": is_cold,
                      "order": len(rows), **row})
-        if progress:
+        if progress and (len(rows) % max(1, len(plan) // 5) == 0 or len(rows) == len(plan)):  # a few updates
             print(f"\r{len(rows)}/{len(plan)} runs measured", end="", flush=True)
     if progress:
         print()
