@@ -25,10 +25,11 @@ COMPOSE = ROOT / "docker-compose.yml"
 GPU = ROOT / "docker-compose.gpu.yml"
 SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 
-SERVICES = {"ollama", "pull-models", "jupyter", "chatbot", "classroom"}
+SERVICES = {"ollama", "pull-models", "jupyter", "chatbot", "classroom", "queue", "worker"}
 # service: (variable, default host port, container port)
 PORTS = {"ollama": ("OLLAMA_PORT", "11434", 11434), "jupyter": ("JUPYTER_PORT", "8888", 8888),
-         "chatbot": ("CHATBOT_PORT", "9000", 9000), "classroom": ("CLASSROOM_PORT", "11435", 11435)}
+         "chatbot": ("CHATBOT_PORT", "9000", 9000), "classroom": ("CLASSROOM_PORT", "11435", 11435),
+         "queue": ("QUEUE_PORT", "5000", 5000)}
 BIND = "${BIND_ADDRESS:-127.0.0.1}"  # the host address the ports are published on
 COURSE_MODELS = ("smollm2:135m", "all-minilm")
 
@@ -224,6 +225,20 @@ def test_the_classroom_gateway_is_a_profile_with_its_roster_in_a_volume(compose,
     assert mounts.get("/data") in (compose.get("volumes") or {}), "keys and usage must survive the container"
     assert "--db /data/" in classroom["command"] and "--upstream http://ollama:11434" in classroom["command"]
     assert classroom["depends_on"]["ollama"]["condition"] == "service_healthy"
+
+
+def test_the_task_queue_is_a_profile_sharing_the_roster_and_its_worker_uses_ollama(compose, services):
+    queue, worker = services["queue"], services["worker"]
+    assert queue["profiles"] == worker["profiles"] == ["queue"]
+    mounts = dict((target, source) for source, target in volume_mounts(queue))
+    assert mounts.get("/data") == "classroom-data"  # the classroom's roster: one set of keys for both
+    assert "--roster /data/classroom.sqlite" in queue["command"] and "--db /data/tasks.sqlite" in queue["command"]
+    assert "--host 0.0.0.0" in queue["command"] and "--open" not in queue["command"]
+    assert "/health" in " ".join(queue["healthcheck"]["test"])
+    assert "--queue http://queue:5000" in worker["command"] and "--ollama http://ollama:11434" in worker["command"]
+    assert worker["depends_on"]["queue"]["condition"] == "service_healthy"
+    assert worker["environment"]["LLM_QUEUE_KEY"] == "${QUEUE_WORKER_KEY:-}"
+    assert "ports" not in worker  # a worker only connects out
 
 
 def test_ollama_image_is_pinned_and_has_a_working_healthcheck(services):
