@@ -445,6 +445,24 @@ def test_a_worker_outlives_a_manager_restart(manager: ManagerProcess, keys: Keys
     assert worker.done == 2
 
 
+def test_a_worker_whose_ollama_is_down_gives_tasks_back_unspent(manager: ManagerProcess, keys: Keys) -> None:
+    task_id = submit(manager, keys, "alice", prompt="Hi", options=SHORT)
+    said: list[str] = []
+    worker = Worker(manager.url, f"http://127.0.0.1:{free_port()}", key=keys.key["gpu-1"], idle_wait=0.2,
+                    say=said.append)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(lambda: any("does not answer" in line for line in said), "the worker to notice", timeout=30)
+        time.sleep(0.5)
+        shown = result(manager, keys, "alice", task_id)
+        assert (shown["status"], shown["attempts"]) == ("queued", 0)  # no attempt spent on a dead Ollama
+    finally:
+        worker.stop(now=True)
+        thread.join(60)
+    assert sum("does not answer" in line for line in said) == 1  # it waits before taking the task again
+
+
 def test_a_missing_model_fails_at_once_with_what_to_do(manager: ManagerProcess, keys: Keys, url: str) -> None:
     task_id = submit(manager, keys, "alice", prompt="Hi", model="no-such-model:1b")
     worker = Worker(manager.url, url, key=keys.key["gpu-1"], idle_wait=0.2, say=lambda _: None)

@@ -58,6 +58,7 @@ class Worker:
         self.stopping = threading.Event()  # take no more tasks
         self.cancelling = threading.Event()  # and give the current ones back
         self.done = 0  # results stored by this worker
+        self._ollama_wait = 2.0  # seconds to wait after finding Ollama down; doubles up to a minute
         self._count = threading.Lock()
 
     # running -----------------------------------------------------------------------------------
@@ -128,7 +129,16 @@ class Worker:
                 self.say(f"task {task_id}: given back to the queue")
             return
         except OllamaError as exc:
-            # A server that is down or busy may do better on the next attempt; a refused request will not.
+            if exc.status is None and "could not connect" in exc.message:
+                # Our Ollama is down: not the task's fault. Give it back unspent and wait, longer each time,
+                # rather than burn its attempts (and every other task's) in a fraction of a second.
+                self.report(task, "task/release", {})
+                self.say(f"the Ollama server at {self.ollama} does not answer: task {task_id} given back; "
+                         f"trying again in {self._ollama_wait:.0f} s")
+                self.stopping.wait(self._ollama_wait)
+                self._ollama_wait = min(self._ollama_wait * 2, 60.0)
+                return
+            # A server that is busy or failing may do better on the next attempt; a refused request will not.
             retry = exc.status is None or exc.status >= 500 or exc.status == -1
             self.report(task, "task", {"error": str(exc), "retry": retry})
             self.say(f"task {task_id}: failed: {exc.message}")
@@ -136,6 +146,7 @@ class Worker:
         finally:
             lost.set()  # ends the heartbeat
             beating.join()
+        self._ollama_wait = 2.0  # Ollama answered: the next time it does not, start waiting short again
         if self.report(task, "task", {"result": text, "stats": stats}):
             with self._count:
                 self.done += 1
