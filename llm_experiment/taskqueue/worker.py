@@ -10,7 +10,8 @@ Each of its ``concurrency`` slots loops: take a task (``GET /task``), waiting lo
 is empty; stream the answer from Ollama (``/api/generate`` for a prompt, ``/api/chat`` for messages) while a
 heartbeat keeps the lease alive; post the result with the timing figures, or the error. When the manager
 cannot be reached (restarting, say), the worker keeps trying: a result is posted again until the manager
-answers, which is safe because the manager stores one result per lease.
+answers, which is safe because the manager stores one result per lease. When its own Ollama does not
+answer, the worker gives the task back without spending an attempt, and waits before taking another.
 
 :meth:`Worker.stop` stops taking tasks and lets the current ones finish; ``stop(now=True)`` cancels them and
 gives them back to the queue.
