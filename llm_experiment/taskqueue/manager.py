@@ -89,7 +89,7 @@ class Manager:
     # submitters --------------------------------------------------------------------------------
 
     async def submit(self, request: Request) -> Response:
-        caller = await self.caller(request, "submit tasks", lambda c: c.submits)
+        caller = await self.caller(request, "submit tasks", worker=False)
         body = await self.body(request)
         batch = "tasks" in body
         items = body["tasks"] if batch else [body]
@@ -110,12 +110,12 @@ class Manager:
         return JSONResponse({"task_id": ids[0], "status": "Task submitted."})
 
     async def result(self, request: Request) -> Response:
-        caller = await self.caller(request, "read results", lambda c: c.submits)
+        caller = await self.caller(request, "read results", worker=False)
         task = await self.own_task(caller, request.path_params["task_id"])
         return JSONResponse(describe(task))
 
     async def tasks(self, request: Request) -> Response:
-        caller = await self.caller(request, "list tasks", lambda c: c.submits)
+        caller = await self.caller(request, "list tasks", worker=False)
         status = request.query_params.get("status")
         if status is not None and status not in (QUEUED, RUNNING, DONE, FAILED):
             raise Refused(400, f"unknown status {status!r}: use queued, running, done or failed")
@@ -132,7 +132,7 @@ class Manager:
     # workers -----------------------------------------------------------------------------------
 
     async def lease_task(self, request: Request) -> Response:
-        caller = await self.caller(request, "take tasks", lambda c: c.works)
+        caller = await self.caller(request, "take tasks", worker=True)
         task = await anyio.to_thread.run_sync(self.store.claim, caller.name, self.lease)
         if task is None:
             return Response(status_code=204)
@@ -145,7 +145,7 @@ class Manager:
         return JSONResponse(handed)
 
     async def post_result(self, request: Request) -> Response:
-        await self.caller(request, "post results", lambda c: c.works)
+        await self.caller(request, "post results", worker=True)
         body = await self.body(request)
         task_id, token = self.lease_of(body, "a result")
         if "error" in body and "result" not in body:
@@ -169,14 +169,14 @@ class Manager:
         return JSONResponse({"message": "Result received." if outcome == "stored" else "Result already received."})
 
     async def heartbeat(self, request: Request) -> Response:
-        await self.caller(request, "extend leases", lambda c: c.works)
+        await self.caller(request, "extend leases", worker=True)
         task_id, token = self.lease_of(await self.body(request), "a heartbeat")
         if await anyio.to_thread.run_sync(self.store.heartbeat, task_id, token, self.lease) is None:
             raise await self.lease_ended(task_id)
         return JSONResponse({"message": "Lease extended.", "lease_seconds": self.lease})
 
     async def release(self, request: Request) -> Response:
-        await self.caller(request, "release tasks", lambda c: c.works)
+        await self.caller(request, "release tasks", worker=True)
         task_id, token = self.lease_of(await self.body(request), "a release")
         if not await anyio.to_thread.run_sync(self.store.release, task_id, token):
             raise await self.lease_ended(task_id)
@@ -190,8 +190,9 @@ class Manager:
 
     # helpers -----------------------------------------------------------------------------------
 
-    async def caller(self, request: Request, action: str, allowed: Any) -> Caller:
-        """Who sent ``request`` (by its key), refused with 401/403 unless ``allowed(caller)``."""
+    async def caller(self, request: Request, action: str, *, worker: bool) -> Caller:
+        """Who sent ``request`` (by its key); 401 without a valid key, 403 unless a worker's key when
+        ``worker`` (taking tasks, posting results), else a student's or instructor's (submitting, reading)."""
         if self.roster is None:
             return Caller("anyone", ANYONE)
         key = bearer_key(request.headers.get("authorization"))
@@ -202,12 +203,11 @@ class Manager:
         if member is None:
             raise Refused(401, "unknown or revoked key: check it, or ask your instructor for a new one")
         caller = Caller(member.name, member.role)
-        if not allowed(caller):
+        if not (caller.works if worker else caller.submits):
             who = "workers" if caller.role == WORKER else f"{caller.role}s"
-            raise Refused(403, f"{who} may not {action} here: "
-                               + ("only worker keys (llm-experiment classroom add-worker NAME) may"
-                                  if action in _WORKER_ACTIONS else "only student and instructor keys may")
-                               + f" {action}")
+            allowed = ("only worker keys (llm-experiment classroom add-worker NAME) may" if worker
+                       else "only student and instructor keys may")
+            raise Refused(403, f"{who} may not {action} here: {allowed} {action}")
         return caller
 
     async def body(self, request: Request) -> dict[str, Any]:
@@ -275,9 +275,6 @@ class Manager:
         if task is None or not (caller.role in (INSTRUCTOR, ANYONE) or task.owner == caller.name):
             raise Refused(404, f"no task {task_id[:100]!r} of yours: check the task_id that /submit gave you")
         return task
-
-
-_WORKER_ACTIONS = {"take tasks", "post results", "extend leases", "release tasks"}
 
 
 def describe(task: Task) -> dict[str, Any]:
