@@ -7,22 +7,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
-import re
 import signal
 import sys
 from pathlib import Path
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
-
-
 def seconds(text: str) -> float:
-    """``"60"``, ``"60s"``, ``"2m"``, ``"1h"``, ``"500ms"`` as seconds (an argparse type)."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match or float(match[1]) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: write e.g. 60s, 2m or 1h")
-    return float(match[1]) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[match[2]]
+    """A positive duration as Ollama's variables take it (an argparse type): ``"60s"``, ``"2m"``, ``"1h30m"``,
+    ``"500ms"``, or a whole number of seconds."""
+    from ..engine.options import DurationError, parse_keep_alive  # Go's duration syntax, as --keep-alive reads it
+
+    try:
+        value = parse_keep_alive(text, env=True)
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration ({exc}): write e.g. 60s, 2m or 1h") from None
+    if value is None or not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration longer than 0: write e.g. 60s, 2m or 1h")
+    return value
 
 
 def serve(args: argparse.Namespace) -> int:
