@@ -38,7 +38,8 @@ def streamed(path: str, fields: dict[str, Any]) -> bool:
     return path in ("/api/pull", "/api/create") and fields.get("stream", True) is not False
 
 
-async def one_by_one(client: httpx.AsyncClient, ups: list[Upstream], request: Outbound) -> AsyncIterator[Head | bytes]:
+async def streamed_one_by_one(client: httpx.AsyncClient, ups: list[Upstream],
+                              request: Outbound) -> AsyncIterator[Head | bytes]:
     """A streamed request on each upstream in turn: the first one's :class:`Head`, then every server's lines."""
     assert isinstance(request.content, bytes | None)
     for n, up in enumerate(ups):
@@ -69,7 +70,7 @@ async def one_by_one(client: httpx.AsyncClient, ups: list[Upstream], request: Ou
         log.info("%s done on %s", request.path, up.url)
 
 
-async def all_at_once(client: httpx.AsyncClient, ups: list[Upstream], request: Outbound) -> tuple[int, bytes]:
+async def one_answer_for_all(client: httpx.AsyncClient, ups: list[Upstream], request: Outbound) -> tuple[int, bytes]:
     """A request with one JSON answer, on each upstream in turn; the status and body that answer for all."""
     done: list[tuple[Upstream, httpx.Response]] = []
     missing: httpx.Response | None = None  # the first "not found", if any

@@ -50,7 +50,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from ..hangup import unless_client_leaves
-from .everywhere import EVERYWHERE, all_at_once, one_by_one, streamed
+from .everywhere import EVERYWHERE, one_answer_for_all, streamed, streamed_one_by_one
 from .fairqueue import FairQueue, QueueFull, RateLimits
 from .listing import LISTS, NoListing, merged_listing
 from .policy import Decision, Policy
@@ -186,12 +186,12 @@ class Gateway:
         """An instructor's pull, create, copy or delete on every healthy upstream (:mod:`.everywhere`)."""
         ups = self.upstreams.healthy()
         if not stream:
-            status, content = await all_at_once(self.client, ups, outbound)
+            status, content = await one_answer_for_all(self.client, ups, outbound)
             self._record(member, outbound.path, model, status, started_at)
             if status == 200:
                 self._check_upstreams_soon()
             return Response(content, status_code=status, media_type="application/json")
-        pieces = one_by_one(self.client, ups, outbound)
+        pieces = streamed_one_by_one(self.client, ups, outbound)
         head = await anext(pieces)
         assert isinstance(head, Head)
 
