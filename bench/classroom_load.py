@@ -13,7 +13,13 @@ p50/p95 latency and time to first token, Jain's fairness index over the tokens e
 in the window, and, with the load stopped, the gateway's added time to first byte against engine 1
 called directly (the baseline), alternating single short requests.
 
+With ``--latency-only`` there is no class: one engine, the gateway in front of it, and ``--samples``
+single requests alternating between the engine directly and the gateway (p50/p95 of the time to the first
+line, and the difference); then the same against a stub upstream that answers at once (``--stub-delay``
+milliseconds before its first line), which shows the gateway's own cost without a model's noise.
+
     python bench/classroom_load.py [--students 30] [--seconds 60] [--greedy 3]
+    python bench/classroom_load.py --latency-only [--samples 100] [--stub-delay 0]
 """
 
 from __future__ import annotations
@@ -153,6 +159,173 @@ def ttfb(client: httpx.Client, url: str) -> float:
     return first
 
 
+def compare(direct_url: str, gateway_url: str, key: str, samples: int) -> tuple[list[float], list[float]]:
+    """``samples`` first-byte times each, direct and through the gateway, in the order d g g d d g g d ...
+
+    The two alternate so that whatever else the machine does hits both alike; the first request on each
+    connection is not counted (it opens the connection).
+    """
+    direct_t: list[float] = []
+    gateway_t: list[float] = []
+    with httpx.Client(timeout=120) as direct, \
+            httpx.Client(timeout=120, headers={"Authorization": f"Bearer {key}"}) as through:
+        ttfb(direct, direct_url), ttfb(through, gateway_url)
+        for i in range(samples):
+            pair = [(direct_t, direct, direct_url), (gateway_t, through, gateway_url)]
+            for times, client, url in pair if i % 2 == 0 else reversed(pair):
+                times.append(ttfb(client, url))
+    return direct_t, gateway_t
+
+
+def report_latency(what: str, direct_t: list[float], gateway_t: list[float]) -> None:
+    d, g = statistics.median(direct_t), statistics.median(gateway_t)
+    pairs = statistics.median([b - a for a, b in zip(direct_t, gateway_t, strict=True)])
+    print(f"{what}: {len(direct_t)} alternating requests each")
+    print(f"  direct   p50 {d * 1000:6.2f} ms   p95 {pct(direct_t, 95) * 1000:6.2f} ms")
+    print(f"  gateway  p50 {g * 1000:6.2f} ms   p95 {pct(gateway_t, 95) * 1000:6.2f} ms")
+    print(f"  gateway added latency (p50 difference): {(g - d) * 1000:+.2f} ms  (target < 2 ms); "
+          f"median of paired differences {pairs * 1000:+.2f} ms")
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def serve_stub(port: int, delay: float) -> None:
+    """An instant Ollama stand-in on 127.0.0.1:``port``: version, tags, and a streamed generate.
+
+    Each ``/api/generate`` answers its headers and first NDJSON line ``delay`` seconds after the request
+    (written apart, as the engine writes them), then 8 more lines and the done line. Keep-alive, HTTP/1.1.
+    """
+
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    def answer(status: bytes, body: bytes) -> bytes:
+        return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json; charset=utf-8\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+    version = answer(b"200 OK", b'{"version":"0.12.6"}')
+    tags = answer(b"200 OK", json.dumps({"models": [{"name": MODEL, "model": MODEL}]}).encode())
+    missing = answer(b"404 Not Found", b'{"error":"404 page not found"}')
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+    line = json.dumps({"model": MODEL, "response": "hi", "done": False}).encode() + b"\n"
+    done = json.dumps({"model": MODEL, "response": "", "done": True, "prompt_eval_count": 3,
+                       "eval_count": 9, "total_duration": 1000}).encode() + b"\n"
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for header in request.split(b"\r\n")[1:]:
+                    name, _, value = header.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if length:
+                    await reader.readexactly(length)
+                target = request.split(b" ", 2)[1]
+                if target == b"/api/generate":
+                    if delay:
+                        await asyncio.sleep(delay)
+                    writer.write(head)
+                    writer.write(chunk(line))
+                    for _ in range(8):
+                        writer.write(chunk(line))
+                    writer.write(chunk(done) + b"0\r\n\r\n")
+                else:
+                    writer.write(version if target == b"/api/version" else tags if target == b"/api/tags" else missing)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def run() -> None:
+        server = await asyncio.start_server(connection, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(run())
+
+
+def start_stub(delay_ms: float, log) -> tuple[subprocess.Popen, str]:  # noqa: ANN001
+    port = free_port()
+    process = subprocess.Popen([sys.executable, __file__, "--serve-stub", str(port), "--stub-delay", str(delay_ms)],
+                               stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while not is_serving(url, timeout=0.5):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the stub upstream did not start (see {log.name})")
+        time.sleep(0.05)
+    return process, url
+
+
+def wait_for_model(url: str, key: str) -> None:
+    """Until the gateway's first check has found the model (a request through it succeeds)."""
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {key}"}) as c:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ttfb(c, url)
+                return
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+def latency_only(args: argparse.Namespace) -> int:
+    """One engine, the gateway in front of it; then a stub upstream and the gateway in front of that."""
+    threads = ["--threads", str(args.engine_threads)] if args.engine_threads else None
+    print(f"latency only: {args.samples} samples each way, {os.cpu_count()} CPU threads, model {MODEL}, one engine "
+          f"with {args.engine_threads or 'all'} thread(s); stub's first line after {args.stub_delay:g} ms", flush=True)
+    with tempfile.TemporaryDirectory(prefix="classroom-latency-") as tmp_name:
+        tmp = Path(tmp_name)
+        db = tmp / "classroom.sqlite"
+        key = Roster(db).add_student("s00")
+        logs = {name: open(tmp / f"{name}.log", "w") for name in ("engine", "gateway", "stub", "gateway-stub")}  # noqa: SIM115
+        engine = EmbeddedServer(log=logs["engine"], args=threads,
+                                env={"OLLAMA_MODELS": str(tmp / "models"), "OLLAMA_KEEP_ALIVE": "-1"})
+        processes: list[subprocess.Popen] = []
+        try:
+            engine.start()
+            with httpx.Client(timeout=120) as warm:
+                ttfb(warm, engine.url)
+            gateway, url = start_gateway(db, [engine.url], logs["gateway"])
+            processes.append(gateway)
+            wait_for_model(url, key)
+            print(f"load average before: {load_average()}", flush=True)
+            direct_t, gateway_t = compare(engine.url, url, key, args.samples)
+            print(f"load average after:  {load_average()}")
+            report_latency("engine (first line = first token)", direct_t, gateway_t)
+        finally:
+            engine.stop()
+            for process in processes:
+                process.terminate()
+                process.wait(timeout=15)
+            processes.clear()
+        try:
+            stub, stub_url = start_stub(args.stub_delay, logs["stub"])
+            processes.append(stub)
+            gateway, url = start_gateway(tmp / "classroom.sqlite", [stub_url], logs["gateway-stub"])
+            processes.append(gateway)
+            wait_for_model(url, key)
+            print(f"load average before: {load_average()}", flush=True)
+            direct_t, gateway_t = compare(stub_url, url, key, args.samples)
+            print(f"load average after:  {load_average()}")
+            report_latency(f"stub upstream (first line after {args.stub_delay:g} ms)", direct_t, gateway_t)
+        finally:
+            for process in reversed(processes):
+                process.terminate()
+                process.wait(timeout=15)
+            for log in logs.values():
+                log.close()
+    return 0
+
+
 def start_gateway(db: Path, upstreams: list[str], log) -> tuple[subprocess.Popen, str]:  # noqa: ANN001
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -181,7 +354,18 @@ def main() -> int:
                         help="CPU threads of each engine (default: half the cores, so that the two engines share "
                              "the machine instead of fighting over every core; 0: all cores each, as one engine "
                              "per machine would run)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="no class: only the gateway's added time to first byte, against one engine and a stub")
+    parser.add_argument("--samples", type=int, default=100, help="requests each way with --latency-only (default 100)")
+    parser.add_argument("--stub-delay", type=float, default=0.0,
+                        help="milliseconds the stub upstream waits before its first line (default 0)")
+    parser.add_argument("--serve-stub", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_stub:
+        serve_stub(args.serve_stub, args.stub_delay / 1000)
+        return 0
+    if args.latency_only:
+        return latency_only(args)
     if not 0 <= args.greedy < args.students:
         parser.error("--greedy must be below --students")
 
@@ -209,16 +393,7 @@ def main() -> int:
             keys = {name: roster.add_student(name) for name in names}
             greedy = set(names[:args.greedy])
             gateway, url = start_gateway(db, [e.url for e in engines], gateway_log)
-            with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {keys[names[0]]}"}) as c:
-                deadline = time.monotonic() + 30  # until the gateway's first check has found the model
-                while True:
-                    try:
-                        ttfb(c, url)
-                        break
-                    except httpx.HTTPError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
+            wait_for_model(url, keys[names[0]])
 
             # the load ---------------------------------------------------------------------------------
             stats = Stats()
@@ -233,13 +408,7 @@ def main() -> int:
             drained = time.perf_counter() - window_end
 
             # the gateway's added latency, with the load stopped -----------------------------------------
-            direct_t, gateway_t = [], []
-            with httpx.Client(timeout=120) as direct, \
-                    httpx.Client(timeout=120, headers={"Authorization": f"Bearer {keys[names[-1]]}"}) as through:
-                ttfb(direct, engines[0].url), ttfb(through, url)  # connections opened, not counted
-                for _ in range(DIRECT_REPEATS):
-                    direct_t.append(ttfb(direct, engines[0].url))
-                    gateway_t.append(ttfb(through, url))
+            direct_t, gateway_t = compare(engines[0].url, url, keys[names[-1]], DIRECT_REPEATS)
         finally:
             if gateway is not None:
                 gateway.terminate()
