@@ -18,6 +18,7 @@ When things go wrong:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -28,17 +29,19 @@ from typing import Any
 
 import anyio
 import httpx
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from . import upstream_http as http
+from .upstream_http import UpstreamClient
 from .upstreams import NoUpstream, Upstreams
 
 log = logging.getLogger("llm_experiment.classroom")
 
 # Nothing reached the upstream: always safe to send the request elsewhere.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+_NOT_SENT = (http.ConnectError,)  # ConnectTimeout is one
 # The upstream took (part of) the request and vanished without an answer: safe to resend only what may run twice.
-_NO_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+_NO_ANSWER = (http.RemoteProtocolError, http.ReadError, http.WriteError)
 
 
 class UpstreamFailed(Exception):
@@ -135,7 +138,7 @@ class Outcome:
     tail: Tail = field(default_factory=Tail)
 
 
-async def exchange(client: httpx.AsyncClient, upstreams: Upstreams, request: Outbound,
+async def exchange(client: UpstreamClient, upstreams: Upstreams, request: Outbound,
                    outcome: Outcome) -> AsyncIterator[Head | bytes]:
     """Send ``request`` to an upstream; yield its :class:`Head`, then the body's bytes as they arrive.
 
@@ -150,25 +153,25 @@ async def exchange(client: httpx.AsyncClient, upstreams: Upstreams, request: Out
             raise UpstreamFailed(503, str(exc)) from None
         tried.append(up.url)
         outcome.upstream = up.url
-        began = False
+        response: http.Response | None = None
         async with upstreams.use(up):
             try:
                 outcome.sent_ns = time.monotonic_ns()
-                async with client.stream(request.method, up.url + request.path, content=request.content,
-                                         headers=request.headers) as response:
-                    began = True
-                    outcome.status = response.status_code
-                    yield Head(response.status_code, response.headers.get("content-type"))
-                    async for chunk in response.aiter_raw():
-                        outcome.tail.feed(chunk)
-                        yield chunk
+                response = await client.request(request.method, up.url + request.path, request.headers,
+                                                request.content)
+                outcome.status = response.status
+                content_type = response.header("content-type")
+                yield Head(response.status, content_type)
+                async for chunk in response.aiter_raw():
+                    outcome.tail.feed(chunk)
+                    yield chunk
                 outcome.complete, outcome.finished_ns = True, time.monotonic_ns()
                 return
-            except httpx.TransportError as exc:
-                if began:  # the status line has gone: the error can only travel in the stream
+            except http.UpstreamError as exc:
+                if response is not None:  # the status line has gone: the error can only travel in the stream
                     outcome.status, outcome.complete, outcome.finished_ns = 502, True, time.monotonic_ns()
                     log.warning("upstream %s failed during an answer to %s: %r", up.url, request.path, exc)
-                    yield error_chunk(response.headers.get("content-type"), outcome.tail,
+                    yield error_chunk(content_type, outcome.tail,
                                       f"the Ollama server at {up.url} stopped in the middle of the answer "
                                       f"({describe(exc)}): try again")
                     return
@@ -179,11 +182,14 @@ async def exchange(client: httpx.AsyncClient, upstreams: Upstreams, request: Out
                 if not resend or len(tried) > 1 or not any(u.healthy for u in upstreams.upstreams):
                     raise _failure(exc, tried) from None
                 log.warning("upstream %s failed (%s): sending %s to another one", up.url, describe(exc), request.path)
+            finally:
+                if response is not None:
+                    response.close()  # back to the pool if the answer was read to its end, else closed
 
 
-def _failure(exc: httpx.TransportError, tried: list[str]) -> UpstreamFailed:
+def _failure(exc: http.UpstreamError, tried: list[str]) -> UpstreamFailed:
     where = " and ".join(tried)
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, http.TIMEOUTS) and not isinstance(exc, http.ConnectTimeout):
         return UpstreamFailed(504, f"the Ollama server at {where} did not answer in time ({describe(exc)}): "
                                    "try again in a moment")
     return UpstreamFailed(502, f"the class's Ollama server at {where} failed ({describe(exc)}): try again in a "
@@ -192,9 +198,9 @@ def _failure(exc: httpx.TransportError, tried: list[str]) -> UpstreamFailed:
 
 def describe(exc: BaseException) -> str:
     """A short name for a network failure, for a message a student reads."""
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpx.ConnectError | http.ConnectError) and not isinstance(exc, http.ConnectTimeout):
         return "cannot connect"
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, (httpx.TimeoutException, *http.TIMEOUTS)):
         return f"timed out: {type(exc).__name__}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -212,20 +218,36 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-class Relay(StreamingResponse):
+class Relay(Response):
     """The rest of an :func:`exchange` sent to the student, closing it however the response ends.
 
-    Starlette stops sending when the client hangs up; closing the exchange then closes the upstream
-    connection, which is what stops Ollama generating for nobody.
+    The pieces are sent from the request's own task, the moment each arrives; a watcher task waits for
+    the client to hang up and then cancels the sending. Closing the exchange then closes the upstream
+    connection, which is what stops Ollama generating for nobody. (Starlette's ``StreamingResponse``
+    does the same with a task group, which costs a task switch before the first byte.)
     """
 
     def __init__(self, pieces: AsyncIterator[bytes], head: Head):
-        headers = {"content-type": head.content_type} if head.content_type else {}
-        super().__init__(pieces, status_code=head.status, headers=headers)
+        self.status_code = head.status
+        self.background = None
+        self.body_iterator = pieces
+        self.raw_headers = [(b"content-type", head.content_type.encode("latin-1"))] if head.content_type else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):  # even when cancelled: closing is what stops the generation
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+        with anyio.CancelScope() as sending:
+            watcher = asyncio.ensure_future(_cancel_when_client_leaves(receive, sending))
+            try:
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                async for piece in self.body_iterator:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                watcher.cancel()
+                with anyio.CancelScope(shield=True):  # even when cancelled: closing is what stops the generation
+                    await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+async def _cancel_when_client_leaves(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()

@@ -28,6 +28,7 @@ import httpx
 
 from ..hosts import parse_host
 from ..protocol import display_name, name_key, normalize_name
+from . import upstream_http as http
 
 log = logging.getLogger("llm_experiment.classroom")
 
@@ -134,7 +135,7 @@ class Upstreams:
         up.active += 1
         try:
             yield up
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, http.ConnectError) as exc:
             self.mark_failed(up, exc)
             raise
         finally:
@@ -210,8 +211,8 @@ def _describe(error: BaseException | str) -> str:
     """A short text for the status page: what failed, readable by an instructor."""
     if isinstance(error, str):
         return error
-    if isinstance(error, httpx.TimeoutException):
+    if isinstance(error, (httpx.TimeoutException, *http.TIMEOUTS)):
         return f"timed out ({type(error).__name__})"
-    if isinstance(error, httpx.ConnectError):
+    if isinstance(error, httpx.ConnectError | http.ConnectError):
         return f"cannot connect ({error or 'connection refused'})"
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
