@@ -41,6 +41,11 @@ def _serve(args: argparse.Namespace) -> int:
         settings.threads = args.threads
     if args.max_loaded is not None:
         settings.max_loaded = args.max_loaded
+    if args.parallel is not None:
+        if args.parallel < 1:
+            print("error: --parallel: must be 1 or more", file=sys.stderr)
+            return 2
+        settings.parallel = args.parallel
     if args.keep_alive is not None:
         try:
             seconds = parse_keep_alive(args.keep_alive, env=True)
@@ -100,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--num-ctx", type=int, help="default context window in tokens (default: "
                                                    "$OLLAMA_CONTEXT_LENGTH or 4096); requests may set options.num_ctx")
     serve.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores, as Ollama)")
+    serve.add_argument("--parallel", type=int, metavar="N",
+                       help="requests each model runs at once, decoded together in one batch (default: "
+                            "$OLLAMA_NUM_PARALLEL or 1). Each gets num_ctx tokens of context, so memory grows with N")
     serve.add_argument("--max-loaded", type=int, metavar="N",
                        help="models kept loaded at once, each in its own runner process; loading one more "
                             "unloads the least recently used (default: $OLLAMA_MAX_LOADED_MODELS or 3)")

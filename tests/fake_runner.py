@@ -19,35 +19,90 @@ import sys
 import time
 import types
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llm_experiment.engine.generation import Generation, Request  # noqa: E402 - after the path is set
 
 FOREVER = 3600.0
 
 
 @dataclass
-class Generation:
-    """The fields of llama.Generation that runner_main reports."""
+class _Sequence:
+    request: Request
+    result: Generation
+    pieces: list[str]
+    delay: float
+    trouble: str = ""  # "crash", "abort", "hang" or "hog": what happens after the first piece
 
-    prompt_tokens: list[int]
-    output_tokens: list[int] = field(default_factory=list)
-    prompt_eval_count: int = 0
-    prompt_eval_cached_count: int = 0
-    prompt_eval_duration: int = 0
-    eval_count: int = 0
-    eval_duration: int = 0
-    done_reason: str = "stop"
-    cancelled: bool = False
+
+class FakeBatch:
+    """Stands in for batch.BatchDecoder: each step sends the next piece of every running request."""
+
+    def __init__(self, parallel: int):
+        self.parallel = parallel
+        self.running: list[_Sequence] = []
+
+    @property
+    def active(self) -> int:
+        return len(self.running)
+
+    @property
+    def free(self) -> int:
+        return self.parallel - len(self.running)
+
+    def add(self, request: Request) -> None:
+        text = "".join(map(chr, request.prompt))
+        result = Generation(prompt_tokens=request.prompt, prompt_eval_count=len(request.prompt),
+                            prompt_eval_duration=1000)
+        pieces, delay = re.findall(r"\S+\s*", text), 0.0
+        if slow := re.search(r"slow (\d+)", text):
+            pieces, delay = [f"{i} " for i in range(int(slow[1]))], 0.1
+        trouble = next((word for word in ("hog", "crash", "abort", "hang") if word in text), "")
+        self.running.append(_Sequence(request, result, pieces, delay, trouble))
+
+    def step(self, cancelled: Callable[[int], bool]) -> list[tuple[int, Generation]]:
+        finished = []
+        time.sleep(max(seq.delay for seq in self.running))
+        for seq in list(self.running):
+            if seq.trouble == "hog":
+                hoard = []
+                while True:
+                    hoard.append(bytearray(16 << 20))
+            if seq.trouble:
+                seq.request.emit("partial ", [])
+                if seq.trouble == "crash":
+                    os.kill(os.getpid(), signal.SIGSEGV)
+                if seq.trouble == "abort":
+                    os.abort()
+                time.sleep(FOREVER)
+            if cancelled(seq.request.jid):
+                seq.result.cancelled = True
+            elif seq.pieces:
+                seq.request.emit(seq.pieces.pop(0), [])
+                seq.result.eval_count += 1
+                seq.result.output_tokens.append(seq.result.eval_count)
+            if seq.result.cancelled or not seq.pieces:
+                seq.result.eval_duration = 2000
+                self.running.remove(seq)
+                finished.append((seq.request.jid, seq.result))
+        return finished
+
+    def reset(self) -> list[int]:
+        dropped = [seq.request.jid for seq in self.running]
+        self.running.clear()
+        return dropped
 
 
 class FakeModel:
     """Stands in for llama.LlamaModel: one token per character."""
 
-    def __init__(self, path: str, num_ctx: int, threads: int | None = None, embedding: bool = False):
+    def __init__(self, path: str, num_ctx: int, threads: int | None = None, embedding: bool = False,
+                 parallel: int = 1):
         self.embedding = embedding
+        self.parallel = parallel
         if "badmodel" in path:
             raise ValueError(f"failed to load model from file: {path}")
         if "hangload" in path:
@@ -64,36 +119,8 @@ class FakeModel:
     def detokenize(self, tokens: list[int]) -> str:
         return "".join(map(chr, tokens))
 
-    def generate(self, prompt: list[int], opts: Any, emit: Callable[[str, list[Any]], None],
-                 cancelled: Callable[[], bool], grammar: Any = None, progress: Callable[[], None] = lambda: None,
-                 logprobs: int | None = None) -> Generation:
-        text = self.detokenize(prompt)
-        result = Generation(prompt_tokens=prompt, prompt_eval_count=len(prompt), prompt_eval_duration=1000)
-        pieces, delay = re.findall(r"\S+\s*", text), 0.0
-        if slow := re.search(r"slow (\d+)", text):
-            pieces, delay = [f"{i} " for i in range(int(slow[1]))], 0.1
-        elif "hog" in text:
-            hoard = []
-            while True:
-                hoard.append(bytearray(16 << 20))
-        for word in ("crash", "abort", "hang"):
-            if word in text:
-                emit("partial ", [])
-                if word == "crash":
-                    os.kill(os.getpid(), signal.SIGSEGV)
-                if word == "abort":
-                    os.abort()
-                time.sleep(FOREVER)
-        for piece in pieces:
-            if cancelled():
-                result.cancelled = True
-                break
-            time.sleep(delay)
-            emit(piece, [])
-            result.eval_count += 1
-            result.output_tokens.append(result.eval_count)
-        result.eval_duration = 2000
-        return result
+    def batch(self) -> FakeBatch:
+        return FakeBatch(self.parallel)
 
 
 # runner_main imports llama.cpp's wrapper lazily: put the fake in its place first.

@@ -43,3 +43,9 @@ def test_ollama_max_loaded_models_and_origins_from_the_environment(monkeypatch):
     settings = Settings.from_env()
     assert settings.max_loaded == 5
     assert "https://course.example.org" in settings.origins
+
+
+@pytest.mark.parametrize(("value", "parallel"), [("4", 4), ("1", 1), ("0", 1), ("many", 1), ("", 1)])
+def test_ollama_num_parallel_from_the_environment(monkeypatch, value, parallel):
+    monkeypatch.setenv("OLLAMA_NUM_PARALLEL", value)
+    assert Settings.from_env().parallel == parallel

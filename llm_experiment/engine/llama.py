@@ -1,7 +1,8 @@
-"""Every call into llama.cpp (through llama-cpp-python) lives here, and runs only in a runner process.
+"""Calls into llama.cpp (through llama-cpp-python), run only in a runner process: loading a model,
+tokens, grammars, embeddings. Generating is in :mod:`.batch`, the only other module that calls llama.cpp.
 
 Native code can crash, abort or loop on hostile input (a malformed grammar, a bad token id, a
-broken GGUF). The server process never imports this module: :mod:`.runner_process` does, in a
+broken GGUF). The server process never imports this module: :mod:`.runner_main` does, in a
 child process the server can kill and replace (see :mod:`.runner`).
 """
 
@@ -14,7 +15,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,7 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_c
 import numpy as np
 
-from .options import Options, clamp_num_keep, clamp_repeat_last_n, clamp_top_k, normalize_seed
-from .textstream import TextStream
+from .options import Options, clamp_num_keep
 
 log = logging.getLogger("llm_experiment.runner")
 
@@ -57,30 +56,44 @@ def cpu_has_amx() -> bool:
         return False
 
 
-def load_llama(path: str | Path, **kwargs: Any) -> llama_cpp.Llama:
-    """``llama_cpp.Llama(model_path=path, **kwargs)``, avoiding llama.cpp's AMX kernels.
+def load_llama(path: str | Path, *, sequences: int = 1, **kwargs: Any) -> llama_cpp.Llama:
+    """``llama_cpp.Llama(model_path=path, **kwargs)``, with ``sequences`` KV caches and without AMX kernels.
 
-    With llama-cpp-python 0.3.36 on an AMX-capable Xeon, evaluating more than one token at once
-    crashes inside ``ggml_backend_amx_mul_mat`` (a segmentation fault, seen on the course's
-    machines). On such CPUs we turn off llama.cpp's "extra buffer types" (AMX and weight
-    repacking), which ``Llama()`` offers no argument for, so we adjust its default parameters
-    while it loads. Elsewhere nothing changes.
+    ``Llama()`` offers no argument for either, so we adjust llama.cpp's default parameters while it loads:
+
+    - ``sequences`` > 1: the context holds that many sequences, each with its own KV cache of
+      ``n_ctx / sequences`` cells (``n_seq_max``, ``kv_unified`` off), as llama.cpp's server
+      ``-np N`` that Ollama runs for ``OLLAMA_NUM_PARALLEL`` (see :mod:`.batch`).
+    - With llama-cpp-python 0.3.36 on an AMX-capable Xeon, evaluating more than one token at once
+      crashes inside ``ggml_backend_amx_mul_mat`` (a segmentation fault, seen on the course's
+      machines). On such CPUs we turn off llama.cpp's "extra buffer types" (AMX and weight repacking).
     """
-    if not cpu_has_amx():
+    no_amx, parallel = cpu_has_amx(), sequences > 1
+    if not (no_amx or parallel):
         return llama_cpp.Llama(model_path=str(path), **kwargs)
     with _patch_lock:
-        original = llama_c.llama_model_default_params
+        model_defaults, context_defaults = llama_c.llama_model_default_params, llama_c.llama_context_default_params
 
         def without_extra_buffers() -> Any:
-            params = original()
+            params = model_defaults()
             params.use_extra_bufts = False
             return params
 
-        llama_c.llama_model_default_params = without_extra_buffers
+        def with_sequences() -> Any:
+            params = context_defaults()
+            params.n_seq_max = sequences
+            params.kv_unified = False
+            return params
+
+        if no_amx:
+            llama_c.llama_model_default_params = without_extra_buffers
+        if parallel:
+            llama_c.llama_context_default_params = with_sequences
         try:
             return llama_cpp.Llama(model_path=str(path), **kwargs)
         finally:
-            llama_c.llama_model_default_params = original
+            llama_c.llama_model_default_params = model_defaults
+            llama_c.llama_context_default_params = context_defaults
 
 
 def check_vocabulary(path: str) -> None:
@@ -118,29 +131,16 @@ def grammar_for(fmt: Any) -> llama_cpp.LlamaGrammar | None:
         raise ValueError("invalid JSON schema in format") from exc
 
 
-@dataclass
-class Generation:
-    """What one generation did, with Ollama's counts and durations (nanoseconds)."""
-
-    prompt_tokens: list[int]
-    output_tokens: list[int] = field(default_factory=list)
-    prompt_eval_count: int = 0  # the whole prompt, as current Ollama counts it
-    prompt_eval_cached_count: int = 0  # of which reused from the previous request's cache
-    prompt_eval_duration: int = 0  # evaluating the rest
-    eval_count: int = 0
-    eval_duration: int = 0
-    done_reason: str = "stop"  # stop (end of text or a stop string), length (num_predict or context full)
-    cancelled: bool = False
-
-
 class LlamaModel:
-    """A model loaded into memory, with a context window of ``num_ctx`` tokens.
+    """A model loaded into memory, with a context window of ``num_ctx`` tokens for each of ``parallel`` sequences.
 
-    With ``embedding`` (a model whose GGUF names a pooling type, like all-minilm) the context
-    computes pooled sentence vectors instead of next-token logits: see :meth:`embed`.
+    Generation runs in a :class:`.batch.BatchDecoder` over :attr:`llm`. With ``embedding`` (a model
+    whose GGUF names a pooling type, like all-minilm) the context computes pooled sentence vectors
+    instead of next-token logits: see :meth:`embed`.
     """
 
-    def __init__(self, path: str, num_ctx: int, threads: int | None = None, embedding: bool = False):
+    def __init__(self, path: str, num_ctx: int, threads: int | None = None, embedding: bool = False,
+                 parallel: int = 1):
         threads = threads or os.cpu_count() or 1
         start = time.perf_counter_ns()
         # Ollama uses every physical core; llama-cpp-python's default is half of them.
@@ -150,13 +150,16 @@ class LlamaModel:
             size = max(num_ctx, EMBED_GROUP_TOKENS)
             self.llm = load_llama(path, n_ctx=size, n_batch=size, n_ubatch=size, n_threads=threads,
                                   n_threads_batch=threads, embedding=True, verbose=False)
+            parallel = 1  # as Ollama: embedding models always load with parallel 1
         else:
-            self.llm = load_llama(path, n_ctx=num_ctx, n_threads=threads, n_threads_batch=threads,
-                                  n_batch=PREFILL_CHUNK, verbose=False)
+            # As Ollama asks llama.cpp's server: num_ctx x parallel cells, num_ctx for each sequence.
+            self.llm = load_llama(path, sequences=parallel, n_ctx=num_ctx * parallel, n_threads=threads,
+                                  n_threads_batch=threads, n_batch=PREFILL_CHUNK, verbose=False)
         self.embedding = embedding
+        self.parallel = parallel
         self.load_duration = time.perf_counter_ns() - start
         self.num_ctx = num_ctx
-        self._vocab = self.llm._model.vocab
+        self.vocab = self.llm._model.vocab
         self.n_vocab = self.llm.n_vocab()
 
     # text <-> tokens -----------------------------------------------------------------------
@@ -165,7 +168,7 @@ class LlamaModel:
         """Tokens of a rendered prompt (special tokens like ``<|im_start|>`` recognised).
 
         A text far longer than the context is clipped first, keeping its start and its end: only
-        those survive :meth:`_fit` anyway, and llama.cpp's tokenizer slows down quadratically with
+        those survive :meth:`fit` anyway, and llama.cpp's tokenizer slows down quadratically with
         the number of special tokens in a text (60,000 ``<|im_start|>`` took 14 s).
         """
         limit = self.num_ctx * CHARS_PER_TOKEN_AT_MOST
@@ -176,81 +179,23 @@ class LlamaModel:
     def detokenize(self, tokens: list[int]) -> str:
         return self.llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
 
-    # generation ----------------------------------------------------------------------------
+    # generation helpers (the generating itself is in .batch) ----------------------------------
 
-    def generate(self, prompt: list[int], opts: Options, emit: Callable[[str, list[dict[str, Any]]], None],
-                 cancelled: Callable[[], bool], grammar: llama_cpp.LlamaGrammar | None = None,
-                 progress: Callable[[], None] = lambda: None, logprobs: int | None = None) -> Generation:
-        """Evaluate ``prompt``, then sample tokens, calling ``emit(text, logprobs)`` with each new piece of text.
+    def batch(self) -> Any:
+        """A :class:`.batch.BatchDecoder` running up to :attr:`parallel` generations at once on this model."""
+        from .batch import BatchDecoder
 
-        Stops at an end-of-generation token or a stop string (``stop``), after ``num_predict``
-        tokens or when the context is full (``length``), or when ``cancelled()`` turns true.
-        ``progress`` is called after each chunk of the prompt, so a supervisor sees we are alive.
-        With ``logprobs`` (the number of alternatives wanted, 0-20), each piece comes with the
-        entries of the tokens it holds (see :meth:`_logprob`); otherwise that list is empty.
-        """
-        if not prompt:
-            raise ValueError("the prompt is empty: there is nothing for the model to continue")
-        llm = self.llm
-        prompt = self._fit(prompt, opts)
-        result = Generation(prompt_tokens=prompt, prompt_eval_count=len(prompt))
+        return BatchDecoder(self, self.parallel)
 
-        start = time.perf_counter_ns()
-        result.prompt_eval_cached_count = len(prompt) - self._prefill(prompt, progress, cancelled)
-        prompt_done = time.perf_counter_ns()
-        result.prompt_eval_duration = prompt_done - start
-
-        seed = normalize_seed(opts.seed)
-        llm.set_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
-        llm.last_n_tokens_size = clamp_repeat_last_n(opts.repeat_last_n, self.num_ctx)
-        sampler = llm._init_sampler(
-            top_k=clamp_top_k(opts.top_k, self.n_vocab), top_p=opts.top_p, min_p=opts.min_p, typical_p=opts.typical_p,
-            temp=opts.temperature, repeat_penalty=opts.repeat_penalty, frequency_penalty=opts.frequency_penalty,
-            presence_penalty=opts.presence_penalty, grammar=grammar,
-        )
-        text = TextStream(opts.stop)
-        limit = opts.num_predict if opts.num_predict >= 0 else None
-        entries: list[dict[str, Any]] = []  # logprobs of tokens whose text has not been sent yet
-        try:
-            while True:
-                if cancelled():
-                    result.cancelled = True
-                    break
-                if limit is not None and result.eval_count >= limit:
-                    result.done_reason = "length"
-                    break
-                token = sampler.sample(llm._ctx, -1)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    break
-                result.eval_count += 1
-                result.output_tokens.append(token)
-                if logprobs is not None:
-                    entries.append(self._logprob(token, logprobs))  # before eval() replaces the logits
-                piece = text.feed(llm.detokenize([token]))
-                if piece:
-                    emit(piece, entries)
-                    entries = []
-                if text.stopped:
-                    break
-                if llm.n_tokens >= self.num_ctx:
-                    result.done_reason = "length"
-                    break
-                llm.eval([token])
-            rest = text.flush()
-            if (rest or entries) and not result.cancelled:
-                emit(rest, entries)
-        finally:
-            sampler.close() if hasattr(sampler, "close") else None
-        result.eval_duration = time.perf_counter_ns() - prompt_done
-        return result
-
-    def _logprob(self, token: int, top: int) -> dict[str, Any]:
+    def logprob(self, token: int, top: int, index: int = -1) -> dict[str, Any]:
         """Ollama's logprob entry for ``token`` just sampled: ``{token, logprob, bytes, top_logprobs}``.
 
         As llama-server computes them for Ollama (``n_probs``): the log-softmax of the model's raw
-        logits at this position, before temperature or any other sampler changes them.
+        logits (those of the batch's ``index``-th token), before temperature or any other sampler
+        changes them.
         """
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1), shape=(self.n_vocab,))
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, index),
+                                       shape=(self.n_vocab,))
         peak = float(logits.max())
         log_total = peak + math.log(float(np.exp(logits - peak).sum()))
         entry = self._token_entry(token, float(logits[token]) - log_total)
@@ -267,7 +212,7 @@ class LlamaModel:
             entry["bytes"] = list(text.encode())  # as Ollama: the bytes of the token's text
         return entry
 
-    def _fit(self, prompt: list[int], opts: Options) -> list[int]:
+    def fit(self, prompt: list[int], opts: Options) -> list[int]:
         """Cut a prompt longer than the context as Ollama does: keep the first ``num_keep`` tokens and the end."""
         room = self.num_ctx - 1
         if len(prompt) <= room:
@@ -275,23 +220,6 @@ class LlamaModel:
         keep = clamp_num_keep(opts.extra.get("num_keep", 4), len(prompt), self.num_ctx, adds_bos=True)
         log.warning("prompt of %d tokens exceeds num_ctx %d: truncating", len(prompt), self.num_ctx)
         return prompt[:keep] + prompt[len(prompt) - (room - keep):]
-
-    def _prefill(self, prompt: list[int], progress: Callable[[], None], cancelled: Callable[[], bool]) -> int:
-        """Evaluate the prompt, reusing the cached start it shares with the previous one; return tokens evaluated."""
-        llm = self.llm
-        cached = 0
-        for a, b in zip(llm.input_ids[: llm.n_tokens], prompt, strict=False):
-            if a != b:
-                break
-            cached += 1
-        cached = min(cached, len(prompt) - 1)  # evaluate at least one token, for fresh logits
-        llm.n_tokens = cached  # eval() drops the cache beyond this point
-        for start in range(cached, len(prompt), PREFILL_CHUNK):
-            if cancelled():
-                break
-            llm.eval(prompt[start:start + PREFILL_CHUNK])
-            progress()
-        return len(prompt) - cached
 
     # embeddings ----------------------------------------------------------------------------
 

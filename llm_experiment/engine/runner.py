@@ -69,7 +69,8 @@ class RunnerProcess:
         self.threads = threads
         self.exit_reason = ""
         self._write_lock = threading.Lock()
-        self._events: asyncio.Queue[dict[str, Any]] | None = None
+        self._events: asyncio.Queue[dict[str, Any]] | None = None  # events of no job (loading)
+        self._routes: dict[int, asyncio.Queue[dict[str, Any]]] = {}  # each running job's own events
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: threading.Thread | None = None
         self.last_event = time.monotonic()
@@ -113,14 +114,15 @@ class RunnerProcess:
         if self.phase == "grammar":
             self.phase = "run"
         assert self._events is not None
-        self._events.put_nowait(event)
+        self._routes.get(event.get("id"), self._events).put_nowait(event)  # type: ignore[arg-type]
 
     def _exited(self, code: int) -> None:
         reason = self.exit_reason or _describe_exit(code)
         self.exit_reason = reason
         log.log(logging.INFO if self._stopping else logging.WARNING, "runner %d stopped: %s", self.proc.pid, reason)
-        if self._events is not None:
-            self._events.put_nowait({"ev": "exit", "message": reason})
+        for events in [self._events, *self._routes.values()]:
+            if events is not None:
+                events.put_nowait({"ev": "exit", "message": reason})
 
     def send(self, command: dict[str, Any]) -> None:
         """Write one command (blocking while the pipe is full: call it from a thread for big ones)."""
@@ -173,7 +175,8 @@ def _describe_exit(code: int) -> str:
 
 
 class Runner:
-    """One loaded model in its own process. Only one job at a time (the scheduler sees to it)."""
+    """One loaded model in its own process, running up to :attr:`parallel` jobs at once (the scheduler
+    sees to it; the runner decodes them together)."""
 
     def __init__(self, process: RunnerProcess, model: Model, num_ctx: int):
         self.process = process
@@ -182,11 +185,14 @@ class Runner:
         self.load_duration = 0
         self.n_vocab = 0
         self.ready_ns = 0  # time.perf_counter_ns() when the model was loaded
+        self.parallel = 1
+        self.running = 0  # jobs in progress
         self._next_id = 0
 
     @classmethod
-    async def start(cls, process: RunnerProcess, model: Model, num_ctx: int) -> Runner:
-        """Load ``model`` in ``process``; raise :class:`APIError` 500 if it cannot be loaded."""
+    async def start(cls, process: RunnerProcess, model: Model, num_ctx: int, parallel: int = 1) -> Runner:
+        """Load ``model`` in ``process`` for ``parallel`` jobs at once; raise :class:`APIError` 500 if it
+        cannot be loaded."""
         runner = cls(process, model, num_ctx)
         process.attach(asyncio.get_running_loop())
         process.phase = "load"
@@ -194,7 +200,8 @@ class Runner:
         try:
             await asyncio.to_thread(process.send, {"op": "load", "path": str(model.path), "num_ctx": num_ctx,
                                                    "threads": process.threads,
-                                                   "embedding": "embedding" in model.capabilities})
+                                                   "embedding": "embedding" in model.capabilities,
+                                                   "parallel": parallel})
             event = await process.next_event()
         except BaseException:  # the request was cancelled while loading: no half-loaded process stays behind
             process.kill("the load was abandoned")
@@ -206,6 +213,7 @@ class Runner:
             raise APIError(500, f"llama runner process has terminated: {message}")
         runner.load_duration = event["load_duration"]
         runner.n_vocab = event["n_vocab"]
+        runner.parallel = event.get("parallel", 1)
         runner.ready_ns = time.perf_counter_ns()
         return runner
 
@@ -218,44 +226,50 @@ class Runner:
         (``done``, or ``error`` with a status and message).
 
         Closing the iterator early cancels the job and waits until the runner has stopped it, so
-        the model is free when this returns.
+        its sequence is free when this returns.
         """
         self._next_id += 1
         jid = self._next_id
         process = self.process
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        process._routes[jid] = events  # before anything can happen to the process: its exit reaches us
         if not process.alive:
+            del process._routes[jid]
             yield {"ev": "error", "status": 500, "message": f"{CRASHED}: {process.exit_reason}"}
             return
-        process.phase = "run"
-        process.last_event = time.monotonic()
+        if not self.running:  # the watchdog times silence from the start of work, not from the last job
+            process.phase = "run"
+            process.last_event = time.monotonic()
+        self.running += 1
         finished = False
         try:
             await asyncio.to_thread(process.send, {"op": "run", "id": jid, **job})
             while True:
-                event = await process.next_event()
+                event = await events.get()
                 if event["ev"] == "exit":
                     finished = True
                     yield {"ev": "error", "status": 500, "message": f"{CRASHED}: {event['message']}"}
                     return
-                if event.get("id") != jid:
-                    continue  # left over from an earlier job
                 finished = event["ev"] in ("done", "error")
                 yield event
                 if finished:
                     return
         finally:
             if not finished:
-                await self._cancel(jid)
-            process.phase = ""
+                await self._cancel(jid, events)
+            del process._routes[jid]
+            self.running -= 1
+            if not self.running:
+                process.phase = ""
 
-    async def _cancel(self, jid: int) -> None:
+    async def _cancel(self, jid: int, events: asyncio.Queue[dict[str, Any]]) -> None:
         """Stop job ``jid`` after its current token and wait for the runner to confirm (or die)."""
         process = self.process
         with anyio_shield():
             await asyncio.to_thread(process.send, {"op": "cancel", "id": jid})
-            while process.alive:
-                event = await process.next_event()
-                if event["ev"] == "exit" or (event.get("id") == jid and event["ev"] in ("done", "error")):
+            while process.alive or not events.empty():
+                event = await events.get()
+                if event["ev"] == "exit" or event["ev"] in ("done", "error"):
                     if event["ev"] == "done":
                         log.info("generation stopped after %d tokens: the client went away", event["eval_count"])
                     return

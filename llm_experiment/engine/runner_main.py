@@ -1,14 +1,14 @@
-"""Inside a runner process: load one model, then run the jobs the server sends, one at a time.
+"""Inside a runner process: load one model, then run the jobs the server sends.
 
 The server starts ``python -m llm_experiment.engine.runner_main`` (see :mod:`.runner`) and talks
 to it in JSON lines over its standard input and output (anything else that would print on standard
 output, llama.cpp included, is sent to standard error):
 
-    server -> runner   {"op": "load", "path", "num_ctx", "threads", "embedding"}   once, first
-                       {"op": "run", "id", "kind", ...}                 a generation (see :func:`_run`)
+    server -> runner   {"op": "load", "path", "num_ctx", "threads", "embedding", "parallel"}   once, first
+                       {"op": "run", "id", "kind", ...}                 a generation (see :func:`_start`)
                                                                         or embeddings (kind "embed", :func:`_embed`)
-                       {"op": "cancel", "id"}                           stop that generation after this token
-    runner -> server   {"ev": "loaded", "load_duration", "n_vocab"}
+                       {"op": "cancel", "id"}                           stop that job after its current token
+    runner -> server   {"ev": "loaded", "load_duration", "n_vocab", "parallel"}
                        {"ev": "phase", "id", "phase": "grammar"}       slow native work starts: a short deadline
                        {"ev": "progress", "id"}                         still working (prompt chunks)
                        {"ev": "piece", "id", "text", "logprobs"?}      generated text (logprobs if asked)
@@ -16,8 +16,11 @@ output, llama.cpp included, is sent to standard error):
                        {"ev": "done", "id", "vectors", "dim", ...}      the end of an embedding job
                        {"ev": "error", "id", "status", "message"}      a request the model cannot run
 
+Up to ``parallel`` generations run at once, decoded together (:mod:`.batch`); their events
+interleave, each tagged with its job's id. Embedding jobs run one at a time.
+
 Anything that goes wrong in native code (a crash, an abort, an endless loop) ends or stalls this
-process only; the server notices, answers the request with an error and starts a new runner.
+process only; the server notices, answers the requests with an error and starts a new runner.
 """
 
 from __future__ import annotations
@@ -63,15 +66,15 @@ class Channel:
     def __init__(self, in_fd: int, out_fd: int):
         self._in = os.fdopen(in_fd, "rb")
         self._out: IO[bytes] = os.fdopen(out_fd, "wb")
-        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._command_lock = threading.Lock()  # one command handled at a time (see forget_cancels)
         self.jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.cancelled: set[int] = set()
-        self.current: int | None = None
-        self.cancel = threading.Event()
+        self.closed = False
 
     def send(self, event: dict[str, Any]) -> None:
         data = (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "replace")
-        with self._lock:
+        with self._write_lock:
             self._out.write(data)
             self._out.flush()
 
@@ -80,17 +83,41 @@ class Channel:
         return json.loads(line) if line else None
 
     def listen(self) -> None:
-        """Thread: sort commands into the job queue; a cancel takes effect at once."""
+        """Thread: sort commands into the job queue; a cancel takes effect at the job's next token."""
         for line in self._in:
             command = json.loads(line)
-            if command["op"] == "run":
-                self.jobs.put(command)
-            elif command["op"] == "cancel":
-                self.cancelled.add(command["id"])
-                if command["id"] == self.current:
-                    self.cancel.set()
-        self.cancel.set()  # the server closed the pipe: stop whatever runs and exit
+            with self._command_lock:
+                if command["op"] == "run":
+                    self.jobs.put(command)
+                elif command["op"] == "cancel":
+                    self.cancelled.add(command["id"])
+        self.closed = True  # the server closed the pipe: stop whatever runs and exit
         self.jobs.put(None)
+
+    def is_cancelled(self, jid: int) -> bool:
+        return self.closed or jid in self.cancelled
+
+    def take(self, most: int, wait: bool) -> list[dict[str, Any] | None]:
+        """Up to ``most`` jobs the server sent; with ``wait``, block until there is one."""
+        taken: list[dict[str, Any] | None] = []
+        if most > 0 and wait:
+            taken.append(self.jobs.get())
+        while len(taken) < most and None not in taken:
+            try:
+                taken.append(self.jobs.get_nowait())
+            except queue.Empty:
+                break
+        return taken
+
+    def forget_cancels(self) -> None:
+        """With nothing running: drop cancels of jobs that had already ended when the cancel came.
+
+        Safe while no job is queued: the server sends a job's cancel after the job itself, and the
+        listener handles one command at a time, so every remembered cancel is for a finished job.
+        """
+        with self._command_lock:
+            if self.jobs.empty():
+                self.cancelled.clear()
 
 
 def main() -> int:
@@ -108,24 +135,59 @@ def main() -> int:
     if load is None:
         return 0
     try:
-        model = LlamaModel(load["path"], load["num_ctx"], load.get("threads"), bool(load.get("embedding")))
+        model = LlamaModel(load["path"], load["num_ctx"], load.get("threads"), bool(load.get("embedding")),
+                           max(1, int(load.get("parallel") or 1)))
     except Exception as exc:  # noqa: BLE001 - llama-cpp-python raises ValueError and others for a bad file
         channel.send({"ev": "error", "id": 0, "status": 500, "message": f"error loading model: {exc}"})
         return 1
-    channel.send({"ev": "loaded", "load_duration": model.load_duration, "n_vocab": model.n_vocab})
+    channel.send({"ev": "loaded", "load_duration": model.load_duration, "n_vocab": model.n_vocab,
+                  "parallel": model.parallel})
     threading.Thread(target=channel.listen, daemon=True).start()
-    while (job := channel.jobs.get()) is not None:
-        channel.current = job["id"]
-        channel.cancel.clear()
-        if job["id"] in channel.cancelled:
-            channel.cancel.set()
-        try:
-            _run(model, job, channel)
-        except Exception as exc:  # noqa: BLE001 - report it; the process stays usable
-            channel.send({"ev": "error", "id": job["id"], "status": 500, "message": str(exc) or type(exc).__name__})
-        channel.current = None
-        channel.cancelled.discard(job["id"])
+    serve(model, channel)
     return 0
+
+
+def serve(model: Any, channel: Channel) -> None:
+    """Run the server's jobs until it closes the pipe: generations batched, embeddings one at a time."""
+    decoder = None if model.embedding else model.batch()
+    wanted: dict[int, bool] = {}  # running generations: whether the server wants the tokens back ("context")
+    while True:
+        idle = decoder is None or decoder.active == 0
+        if idle:
+            channel.forget_cancels()
+        for job in channel.take(decoder.free if decoder else 1, wait=idle):
+            if job is None:
+                return  # the server is gone: stop
+            if decoder is None or job["kind"] == "embed":
+                _run_alone(model, job, channel)
+            elif _start(model, decoder, job, channel):
+                wanted[job["id"]] = bool(job.get("context_out"))
+        if decoder is None or decoder.active == 0:
+            continue
+        try:
+            finished = decoder.step(channel.is_cancelled)
+        except Exception as exc:  # noqa: BLE001 - llama.cpp refused the batch (or memory ran out): fail them all
+            message = str(exc) or type(exc).__name__
+            finished = []
+            for jid in decoder.reset():
+                channel.send({"ev": "error", "id": jid, "status": 500, "message": message})
+                wanted.pop(jid, None)
+        for jid, gen in finished:
+            done = {k: v for k, v in asdict(gen).items() if k not in ("prompt_tokens", "output_tokens")}
+            if wanted.pop(jid, False):
+                done["context"] = gen.prompt_tokens + gen.output_tokens
+            channel.send({"ev": "done", "id": jid, **done})
+
+
+def _run_alone(model: Any, job: dict[str, Any], channel: Channel) -> None:
+    """A job that does not batch: embeddings, or a generation an embedding model refuses."""
+    try:
+        if job["kind"] == "embed":
+            _embed(model, job, channel)
+        else:  # the server never sends this; a runner that would crash on it refuses instead
+            channel.send({"ev": "error", "id": job["id"], "status": 400, "message": "this model only makes embeddings"})
+    except Exception as exc:  # noqa: BLE001 - report it; the process stays usable
+        channel.send({"ev": "error", "id": job["id"], "status": 500, "message": str(exc) or type(exc).__name__})
 
 
 def _embed(model: Any, job: dict[str, Any], channel: Channel) -> None:
@@ -138,7 +200,7 @@ def _embed(model: Any, job: dict[str, Any], channel: Channel) -> None:
     start = time.perf_counter_ns()
     try:
         matrix, count = model.embed(job["inputs"], truncate=job["truncate"], limit=job["limit"],
-                                    dimensions=job["dimensions"], cancelled=channel.cancel.is_set,
+                                    dimensions=job["dimensions"], cancelled=lambda: channel.is_cancelled(jid),
                                     progress=lambda: channel.send({"ev": "progress", "id": jid}))
     except EmbedError as exc:
         channel.send({"ev": "error", "id": jid, "status": exc.status, "message": exc.message})
@@ -148,53 +210,48 @@ def _embed(model: Any, job: dict[str, Any], channel: Channel) -> None:
                   "prompt_eval_duration": time.perf_counter_ns() - start})
 
 
-def _run(model: Any, job: dict[str, Any], channel: Channel) -> None:
-    """One generation: build the grammar and the prompt, generate, report the counts."""
+def _start(model: Any, decoder: Any, job: dict[str, Any], channel: Channel) -> bool:
+    """Build the grammar and the prompt of a generation and add it to the batch; False if it was refused."""
+    from .generation import Request
     from .gotemplate import TemplateError
-
-    if job["kind"] == "embed":
-        _embed(model, job, channel)
-        return
-    if model.embedding:  # the server never sends this; a runner that would crash on it refuses instead
-        channel.send({"ev": "error", "id": job["id"], "status": 400, "message": "this model only makes embeddings"})
-        return
-    from .llama import grammar_for
     from .options import InvalidTokenError, Options
 
     jid = job["id"]
-    opts = Options(**job["options"])
-    grammar = None
-    if job.get("format") is not None:
-        channel.send({"ev": "phase", "id": jid, "phase": "grammar"})
-        try:
-            grammar = grammar_for(job["format"])
-        except ValueError as exc:
-            channel.send({"ev": "error", "id": jid, "status": 500, "message": str(exc)})
-            return
     try:
-        prompt = _prompt_tokens(model, job)
-    except TemplateError as exc:
-        channel.send({"ev": "error", "id": jid, "status": 500, "message": f"template: {exc}"})
-        return
-    except InvalidTokenError as exc:
-        channel.send({"ev": "error", "id": jid, "status": 400, "message": str(exc)})
-        return
-    channel.send({"ev": "progress", "id": jid})
+        opts = Options(**job["options"])
+        grammar = None
+        if job.get("format") is not None:
+            from .llama import grammar_for
 
-    def emit(text: str, logprobs: list[dict[str, Any]]) -> None:
-        event: dict[str, Any] = {"ev": "piece", "id": jid, "text": text}
-        if logprobs:
-            event["logprobs"] = logprobs
-        channel.send(event)
-
-    def progress() -> None:
+            channel.send({"ev": "phase", "id": jid, "phase": "grammar"})
+            try:
+                grammar = grammar_for(job["format"])
+            except ValueError as exc:
+                channel.send({"ev": "error", "id": jid, "status": 500, "message": str(exc)})
+                return False
+        try:
+            prompt = _prompt_tokens(model, job)
+        except TemplateError as exc:
+            channel.send({"ev": "error", "id": jid, "status": 500, "message": f"template: {exc}"})
+            return False
+        except InvalidTokenError as exc:
+            channel.send({"ev": "error", "id": jid, "status": 400, "message": str(exc)})
+            return False
         channel.send({"ev": "progress", "id": jid})
 
-    gen = model.generate(prompt, opts, emit, channel.cancel.is_set, grammar, progress, job.get("logprobs"))
-    done = {k: v for k, v in asdict(gen).items() if k not in ("prompt_tokens", "output_tokens")}
-    if job.get("context_out"):
-        done["context"] = gen.prompt_tokens + gen.output_tokens
-    channel.send({"ev": "done", "id": jid, **done})
+        def emit(text: str, logprobs: list[dict[str, Any]]) -> None:
+            event: dict[str, Any] = {"ev": "piece", "id": jid, "text": text}
+            if logprobs:
+                event["logprobs"] = logprobs
+            channel.send(event)
+
+        decoder.add(Request(jid=jid, prompt=prompt, opts=opts, emit=emit, grammar=grammar,
+                            progress=lambda: channel.send({"ev": "progress", "id": jid}),
+                            logprobs=job.get("logprobs")))
+    except Exception as exc:  # noqa: BLE001 - report it; the process and the other generations go on
+        channel.send({"ev": "error", "id": jid, "status": 500, "message": str(exc) or type(exc).__name__})
+        return False
+    return True
 
 
 def _prompt_tokens(model: Any, job: dict[str, Any]) -> list[int]:

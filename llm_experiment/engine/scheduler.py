@@ -1,7 +1,10 @@
 """Who runs when: loading and unloading models, the queue and its bound, keep_alive timers.
 
-One generation at a time per loaded model; other requests wait their turn in arrival order.
-When more than ``max_queue`` requests are waiting, new ones get 503 as from Ollama. At most
+Up to ``parallel`` generations at a time per loaded model (``OLLAMA_NUM_PARALLEL``, default 1; the
+runner decodes them together), embedding models one at a time, as Ollama; other requests wait their
+turn in arrival order. A request that needs the model loaded differently (another ``num_ctx``) waits
+until the model is idle, then reloads it. When more than ``max_queue`` requests are waiting, new
+ones get 503 as from Ollama. At most
 ``max_loaded`` models stay loaded (``OLLAMA_MAX_LOADED_MODELS``): loading one more unloads the
 least recently used idle model first, or waits until one is idle. Each loaded model is a
 :class:`~.runner.Runner` process; a dead runner is replaced on the next request.
@@ -13,6 +16,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,22 +35,27 @@ FOREVER_NS = 2**63 - 1
 
 @dataclass
 class Slot:
-    """A model's place in the scheduler: its runner (when loaded), its lock and its expiry."""
+    """A model's place in the scheduler: its runner (when loaded), who uses it, who waits, its expiry."""
 
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     runner: Runner | None = None
+    load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one user at a time (re)loads the runner
+    setup: tuple[object, int] | None = None  # (model file, num_ctx) the current users need
+    waiting: deque[tuple[asyncio.Future[None], tuple[object, int]]] = field(default_factory=deque)
     keep_alive: float = DEFAULT_KEEP_ALIVE
     expires_at_ns: int = 0
     timer: asyncio.TimerHandle | None = None
-    users: int = 0
+    users: int = 0  # requests using the model now (at most its capacity)
+    capacity: int = 1  # how many may: parallel for a completion model, 1 for an embedding model
     last_used: float = 0.0
     loading: RunnerProcess | None = None  # the process loading this model right now
 
 
 class Scheduler:
     def __init__(self, max_queue: int = 512, keep_alive: float = DEFAULT_KEEP_ALIVE, num_ctx: int = 4096,
-                 threads: int | None = None, max_loaded: int = 3, limits: RunnerLimits | None = None):
+                 threads: int | None = None, max_loaded: int = 3, limits: RunnerLimits | None = None,
+                 parallel: int = 1):
         self.max_queue = max_queue
+        self.parallel = max(1, parallel)
         self.default_keep_alive = keep_alive
         self.default_num_ctx = num_ctx
         self.threads = threads
@@ -59,7 +68,58 @@ class Scheduler:
         self._watcher: asyncio.Task[None] | None = None
 
     def _slot(self, model: Model) -> Slot:
-        return self._slots.setdefault(model.name, Slot())
+        slot = self._slots.get(model.name)
+        if slot is None:
+            slot = self._slots[model.name] = Slot()
+        # As Ollama: an embedding model always loads with parallel 1.
+        slot.capacity = 1 if "embedding" in model.capabilities else self.parallel
+        return slot
+
+    @staticmethod
+    def _may_enter(slot: Slot, setup: tuple[object, int]) -> bool:
+        """Whether a request needing ``setup`` may use the model now: it is idle, or it runs the same
+        setup with a sequence to spare."""
+        return slot.users == 0 or (slot.setup == setup and slot.users < slot.capacity)
+
+    def _admit_waiting(self, slot: Slot) -> None:
+        """Let waiting requests in, in arrival order, while the first one in line may enter."""
+        while slot.waiting:
+            future, setup = slot.waiting[0]
+            if not future.done() and not self._may_enter(slot, setup):
+                return
+            slot.waiting.popleft()
+            if future.done():  # its request was cancelled while it waited
+                continue
+            slot.users += 1
+            slot.setup = setup
+            future.set_result(None)
+
+    async def _enter(self, slot: Slot, setup: tuple[object, int]) -> None:
+        """Wait for a place on the model (arrival order; 503 when too many wait already)."""
+        if not slot.waiting and self._may_enter(slot, setup):
+            slot.users += 1
+            slot.setup = setup
+            return
+        if self._waiting >= self.max_queue:
+            raise APIError(503, QUEUE_FULL)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot.waiting.append((future, setup))
+        self._waiting += 1
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():  # let in just as it was cancelled: give the place back
+                self._leave(slot)
+            else:
+                future.cancel()
+                self._admit_waiting(slot)  # it may have held up the line
+            raise
+        finally:
+            self._waiting -= 1
+
+    def _leave(self, slot: Slot) -> None:
+        slot.users -= 1
+        self._admit_waiting(slot)
 
     # processes ------------------------------------------------------------------------------------
 
@@ -95,39 +155,33 @@ class Scheduler:
         if self._watcher is None:
             self._watcher = asyncio.create_task(watch(self._processes))
         slot = self._slot(model)
-        if slot.lock.locked() and self._waiting >= self.max_queue:
-            raise APIError(503, QUEUE_FULL)
-        self._waiting += 1
-        try:
-            await slot.lock.acquire()
-        finally:
-            self._waiting -= 1
-        slot.users += 1
+        await self._enter(slot, (model.path, num_ctx))
         try:
             if slot.timer:
                 slot.timer.cancel()
                 slot.timer = None
-            runner = slot.runner
-            if runner is None or not runner.alive or runner.num_ctx != num_ctx or runner.model.path != model.path:
-                if runner is not None:
-                    slot.runner = None
-                    await asyncio.to_thread(runner.close)  # Ollama reloads a model when num_ctx changes
-                await self._make_room(slot)
-                slot.loading = self._take_process()
-                try:
-                    slot.runner = await Runner.start(slot.loading, model, num_ctx)
-                finally:
-                    slot.loading = None
-                self.prepare()  # the next load gets a ready process
-                log.info("loaded %s (num_ctx %d) in %.2f s", model.name, num_ctx, slot.runner.load_duration / 1e9)
+            async with slot.load_lock:  # the first user (re)loads; the others wait for it
+                runner = slot.runner
+                if runner is None or not runner.alive or runner.num_ctx != num_ctx or runner.model.path != model.path:
+                    if runner is not None:  # dead, or every user of the old setup has left
+                        slot.runner = None
+                        await asyncio.to_thread(runner.close)  # Ollama reloads a model when num_ctx changes
+                    await self._make_room(slot)
+                    slot.loading = self._take_process()
+                    try:
+                        slot.runner = await Runner.start(slot.loading, model, num_ctx, slot.capacity)
+                    finally:
+                        slot.loading = None
+                    self.prepare()  # the next load gets a ready process
+                    log.info("loaded %s (num_ctx %d, parallel %d) in %.2f s", model.name, num_ctx,
+                             slot.runner.parallel, slot.runner.load_duration / 1e9)
             slot.keep_alive = self.default_keep_alive if keep_alive is None else keep_alive
             slot.expires_at_ns = self._expiry(slot.keep_alive)
             slot.last_used = time.monotonic()
             yield slot.runner
         finally:
-            slot.users -= 1
             slot.last_used = time.monotonic()
-            slot.lock.release()
+            self._leave(slot)
             self._arm_timer(model.name, slot)
             self._idle.set()
 
@@ -139,7 +193,7 @@ class Scheduler:
             if len(loaded) + loading < self.max_loaded:
                 return
             idle = [(s.runner.alive, s.last_used, name, s) for name, s in loaded  # type: ignore[union-attr]
-                    if not s.users and not s.lock.locked()]
+                    if not s.users and not s.waiting]
             if idle:
                 *_, name, slot = min(idle, key=lambda row: row[:2])  # dead runners first, then the oldest
                 log.info("unloading %s to make room (OLLAMA_MAX_LOADED_MODELS=%d)", name, self.max_loaded)
@@ -165,7 +219,7 @@ class Scheduler:
 
     def _expire(self, name: str, slot: Slot) -> None:
         slot.timer = None
-        if not slot.users and not slot.lock.locked():
+        if not slot.users and not slot.waiting:
             self._unload(name, slot)
 
     def _unload(self, name: str, slot: Slot) -> None:
@@ -183,7 +237,7 @@ class Scheduler:
         if slot is None:
             return
         slot.keep_alive = 0
-        if not slot.users and not slot.lock.locked():
+        if not slot.users and not slot.waiting:
             self._unload(model.name, slot)
 
     def loaded(self) -> list[tuple[str, Runner, int]]:

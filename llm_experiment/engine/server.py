@@ -37,6 +37,7 @@ class Settings:
     threads: int | None = None
     max_body: int = DEFAULT_MAX_BODY
     max_loaded: int = 3  # OLLAMA_MAX_LOADED_MODELS: Ollama's default on a CPU
+    parallel: int = 1  # OLLAMA_NUM_PARALLEL: requests per model at once, batched (Ollama's default is 1)
     origins: list[str] = field(default_factory=list)  # OLLAMA_ORIGINS, on top of Ollama's defaults
     runner_memory: int = RunnerLimits.memory  # LLM_EXPERIMENT_RUNNER_MEMORY (MiB): each runner's heap cap
     log_level: str = "info"
@@ -55,6 +56,7 @@ class Settings:
             max_queue=_int_env("OLLAMA_MAX_QUEUE", 512), keep_alive=keep_alive,
             num_ctx=_int_env("OLLAMA_CONTEXT_LENGTH", DEFAULT_NUM_CTX),
             max_loaded=_int_env("OLLAMA_MAX_LOADED_MODELS", 3),
+            parallel=_int_env("OLLAMA_NUM_PARALLEL", 1),
             origins=allowed_origins(os.environ.get("OLLAMA_ORIGINS")),
             runner_memory=_int_env("LLM_EXPERIMENT_RUNNER_MEMORY", RunnerLimits.memory >> 20) << 20,
         )
@@ -67,7 +69,7 @@ def _int_env(name: str, default: int) -> int:
 
 def build_engine(settings: Settings) -> Engine:
     scheduler = Scheduler(max_queue=settings.max_queue, keep_alive=settings.keep_alive, num_ctx=settings.num_ctx,
-                          threads=settings.threads, max_loaded=settings.max_loaded,
+                          threads=settings.threads, max_loaded=settings.max_loaded, parallel=settings.parallel,
                           limits=RunnerLimits(memory=settings.runner_memory))
     return Engine(Store(Path(settings.models)), scheduler, max_body=settings.max_body)
 
