@@ -42,8 +42,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_loaded is not None:
         settings.max_loaded = args.max_loaded
     if args.parallel is not None:
-        if args.parallel < 1:
-            print("error: --parallel: must be 1 or more", file=sys.stderr)
+        from .engine.server import MAX_PARALLEL
+
+        if not 1 <= args.parallel <= MAX_PARALLEL:
+            print(f"error: --parallel: must be between 1 and {MAX_PARALLEL} (llama.cpp's limit on sequences in "
+                  "one context)", file=sys.stderr)
             return 2
         settings.parallel = args.parallel
     if args.keep_alive is not None:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from llm_experiment.embedded import free_port
@@ -51,5 +52,13 @@ def test_help():
     result = subprocess.run([sys.executable, "-m", "llm_experiment", "serve", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for flag in ["--host", "--port", "--models", "--max-queue", "--keep-alive", "--num-ctx"]:
+    for flag in ["--host", "--port", "--models", "--max-queue", "--keep-alive", "--num-ctx", "--parallel"]:
         assert flag in result.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "257"])
+def test_serve_refuses_a_parallel_llama_cpp_cannot_load(value):
+    result = subprocess.run([sys.executable, "-m", "llm_experiment", "serve", "--parallel", value], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--parallel: must be between 1 and 256" in result.stderr

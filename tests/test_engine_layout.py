@@ -45,7 +45,7 @@ def test_ollama_max_loaded_models_and_origins_from_the_environment(monkeypatch):
     assert "https://course.example.org" in settings.origins
 
 
-@pytest.mark.parametrize(("value", "parallel"), [("4", 4), ("1", 1), ("0", 1), ("many", 1), ("", 1)])
+@pytest.mark.parametrize(("value", "parallel"), [("4", 4), ("1", 1), ("0", 1), ("many", 1), ("", 1), ("9999", 256)])
 def test_ollama_num_parallel_from_the_environment(monkeypatch, value, parallel):
     monkeypatch.setenv("OLLAMA_NUM_PARALLEL", value)
     assert Settings.from_env().parallel == parallel

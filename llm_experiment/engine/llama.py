@@ -155,6 +155,11 @@ class LlamaModel:
             # As Ollama asks llama.cpp's server: num_ctx x parallel cells, num_ctx for each sequence.
             self.llm = load_llama(path, sequences=parallel, n_ctx=num_ctx * parallel, n_threads=threads,
                                   n_threads_batch=threads, n_batch=PREFILL_CHUNK, verbose=False)
+            per_sequence = llama_cpp.llama_n_ctx_seq(self.llm._ctx.ctx)
+            if per_sequence < num_ctx:
+                self.llm.close()
+                raise ValueError(f"llama.cpp gave each of {parallel} sequences {per_sequence} tokens of context, "
+                                 f"fewer than num_ctx {num_ctx}")
         self.embedding = embedding
         self.parallel = parallel
         self.load_duration = time.perf_counter_ns() - start

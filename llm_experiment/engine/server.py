@@ -22,6 +22,8 @@ from .store import Store
 log = logging.getLogger("llm_experiment.engine")
 
 DEFAULT_NUM_CTX = 4096
+#: llama.cpp's limit on sequences in one context (LLAMA_MAX_SEQ): the most --parallel can be.
+MAX_PARALLEL = 256
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Settings:
             max_queue=_int_env("OLLAMA_MAX_QUEUE", 512), keep_alive=keep_alive,
             num_ctx=_int_env("OLLAMA_CONTEXT_LENGTH", DEFAULT_NUM_CTX),
             max_loaded=_int_env("OLLAMA_MAX_LOADED_MODELS", 3),
-            parallel=_int_env("OLLAMA_NUM_PARALLEL", 1),
+            parallel=min(_int_env("OLLAMA_NUM_PARALLEL", 1), MAX_PARALLEL),
             origins=allowed_origins(os.environ.get("OLLAMA_ORIGINS")),
             runner_memory=_int_env("LLM_EXPERIMENT_RUNNER_MEMORY", RunnerLimits.memory >> 20) << 20,
         )
