@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -42,6 +44,19 @@ def start_engine(tmp: Path, name: str, args: list[str] | None = None,
     server = EmbeddedServer(log=log, args=args, env={"OLLAMA_MODELS": str(tmp / "models"), **(env or {})})
     server.start()
     return RunningEngine(server.url, log_path, server), log
+
+
+@contextlib.contextmanager
+def engine_running(tmp: Path, name: str, args: list[str] | None = None,
+                   env: dict[str, str] | None = None) -> Iterator[RunningEngine]:
+    """One more engine (for settings the shared one does not have), stopped at the end of the block."""
+    running, log = start_engine(tmp, name, args, env)
+    try:
+        yield running
+    finally:
+        assert running.server is not None
+        running.server.stop()
+        log.close()
 
 
 class ServedApp:

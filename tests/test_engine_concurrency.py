@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from support import MODEL, start_engine
+from support import MODEL, engine_running
 
 # Raw counting runs on and on (greedy), so this request stays busy until we hang up.
 LONG = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "raw": True,
@@ -46,10 +46,8 @@ def test_a_client_that_hangs_up_stops_its_generation(engine):
 
 @pytest.fixture(scope="module")
 def small_queue_engine(tmp_path_factory):
-    running, log = start_engine(tmp_path_factory.mktemp("queue"), "queue", args=["--max-queue", "1"])
-    yield running
-    running.server.stop()
-    log.close()
+    with engine_running(tmp_path_factory.mktemp("queue"), "queue", args=["--max-queue", "1"]) as running:
+        yield running
 
 
 def test_past_the_queue_bound_the_answer_is_503(small_queue_engine):

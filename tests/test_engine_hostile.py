@@ -23,7 +23,7 @@ import psutil
 import pytest
 import requests
 from hostile_gguf import HOSTILE_GGUFS, KV, bundled_metadata, renamed, write_gguf
-from support import MODEL, RunningEngine, start_engine
+from support import MODEL, RunningEngine, engine_running
 
 SHORT = {"temperature": 0, "seed": 1, "num_predict": 2}
 #: Greedy counting runs on and on: a generation that stays busy until it is stopped.
@@ -147,11 +147,8 @@ def metadata() -> list[KV]:
 @pytest.fixture(scope="module")
 def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
     """An engine of this module's own, for tests that kill runners or leave models behind."""
-    running, log = start_engine(tmp_path_factory.mktemp("hostile"), "hostile")
-    yield running
-    assert running.server is not None
-    running.server.stop()
-    log.close()
+    with engine_running(tmp_path_factory.mktemp("hostile"), "hostile") as running:
+        yield running
 
 
 def runners(engine: RunningEngine) -> list[psutil.Process]:

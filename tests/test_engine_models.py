@@ -10,7 +10,7 @@ from pathlib import Path
 import ollama
 import pytest
 import requests
-from support import GREEDY, MODEL, start_engine
+from support import GREEDY, MODEL, engine_running
 
 from llm_experiment.engine.models import bundled_gguf
 from llm_experiment.engine.store import Store
@@ -156,16 +156,10 @@ def test_a_blob_whose_content_does_not_match_its_digest_is_refused(url):
 
 
 def test_created_models_survive_a_restart(tmp_path):
-    first, log = start_engine(tmp_path, "first")
-    post(first.url, "/api/create", {"model": "durable", "from": MODEL, "system": "I persist."})
-    first.server.stop()
-    log.close()
-    second, log = start_engine(tmp_path, "second")
-    try:
+    with engine_running(tmp_path, "first") as first:
+        post(first.url, "/api/create", {"model": "durable", "from": MODEL, "system": "I persist."})
+    with engine_running(tmp_path, "second") as second:
         assert post(second.url, "/api/show", {"model": "durable"}).json()["system"] == "I persist."
-    finally:
-        second.server.stop()
-        log.close()
 
 
 def test_concurrent_creates_and_deletes_leave_a_consistent_store(url):

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from support import MODEL, start_engine
+from support import MODEL, engine_running
 
 QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
 # Raw counting runs on and on (greedy): a request that stays busy until we hang up.
@@ -34,10 +34,8 @@ SAME = ("response", "eval_count", "prompt_eval_count", "done_reason")
 
 @pytest.fixture(scope="module")
 def parallel_engine(tmp_path_factory):
-    running, log = start_engine(tmp_path_factory.mktemp("parallel"), "parallel", args=["--parallel", "3"])
-    yield running
-    running.server.stop()
-    log.close()
+    with engine_running(tmp_path_factory.mktemp("parallel"), "parallel", args=["--parallel", "3"]) as running:
+        yield running
 
 
 def generate(url: str, body: dict, **extra) -> dict:
@@ -165,11 +163,9 @@ def test_a_conversation_keeps_its_cache_while_others_come_and_go(parallel_engine
 
 @pytest.fixture(scope="module")
 def small_queue(tmp_path_factory):
-    running, log = start_engine(tmp_path_factory.mktemp("parallel-queue"), "parallel-queue",
-                                args=["--parallel", "2", "--max-queue", "1"])
-    yield running
-    running.server.stop()
-    log.close()
+    with engine_running(tmp_path_factory.mktemp("parallel-queue"), "parallel-queue",
+                        args=["--parallel", "2", "--max-queue", "1"]) as running:
+        yield running
 
 
 def test_the_queue_bound_counts_only_requests_beyond_the_slots(small_queue):
