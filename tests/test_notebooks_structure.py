@@ -67,3 +67,10 @@ def test_a_notebook_that_creates_models_cleans_up(path):
     code = [source(c) for c in cells(path) if c["cell_type"] == "code"]
     if any(CREATES.search(s) for s in code):
         assert re.search(r"delete", code[-1]), "the last cell should delete what the notebook created"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_a_lesson_links_the_real_ollama_note(path):
+    markdown = [source(c) for c in cells(path) if c["cell_type"] == "markdown"][:2]
+    assert any("(real_ollama.md)" in text for text in markdown), "link real_ollama.md in the first or second markdown cell"
+    assert (NOTEBOOKS / "real_ollama.md").exists()
