@@ -39,6 +39,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,15 +69,16 @@ OUTCOMES = ["correct (2xx/4xx)", "documented 5xx", "undocumented 5xx", "hang (ti
 class Engine:
     """The engine under test; restarted (same store) if it dies."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, args: list[str] | None = None):
         self.folder = folder
+        self.args = args or []
         self.log_path = folder / "engine.log"
         self.starts = 0
         self.server: EmbeddedServer | None = None
 
     def start(self) -> None:
         log = open(self.log_path, "a")  # noqa: SIM115 - kept open while the engine runs
-        self.server = EmbeddedServer(log=log, env={"OLLAMA_MODELS": str(self.folder / "models")})
+        self.server = EmbeddedServer(log=log, env={"OLLAMA_MODELS": str(self.folder / "models")}, args=self.args)
         self.server.start(timeout=120)
         self.starts += 1
 
@@ -217,13 +219,17 @@ def send(engine: Engine, tally: Tally, label: str, method: str, path: str, data:
     except requests.RequestException as exc:
         outcome, what = OUTCOMES[4], f"{what} -> {exc}"
     seconds = time.monotonic() - start
-    if not engine.alive():
-        outcome = OUTCOMES[4]
-        print(f"  engine down after {what}; restarting it", file=sys.stderr)
-        engine.stop()
-        engine.start()
-    tally.add(outcome, what, seconds)
+    with _checking:  # with --parallel, several threads send: one at a time checks, restarts and counts
+        if not engine.alive():
+            outcome = OUTCOMES[4]
+            print(f"  engine down after {what}; restarting it", file=sys.stderr)
+            engine.stop()
+            engine.start()
+        tally.add(outcome, what, seconds)
     return response
+
+
+_checking = threading.Lock()
 
 
 def as_json(body: Any) -> bytes:
@@ -493,10 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-hand-made", action="store_true", help="only the fuzzed requests")
     parser.add_argument("--keep", action="store_true", help="keep the engine's folder (log, store) and print it")
     parser.add_argument("--verbose", action="store_true", help="print every hand-made request and its outcome")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="start the engine with --parallel N and send the fuzzed requests N at a time (default 1)")
     args = parser.parse_args(argv)
 
     folder = Path(tempfile.mkdtemp(prefix="robustness-"))
-    engine = Engine(folder)
+    engine = Engine(folder, ["--parallel", str(args.parallel)])
     started = time.monotonic()
     engine.start()
     probe = Probe(engine)
@@ -504,11 +512,19 @@ def main(argv: list[str] | None = None) -> int:
     fuzzed, hostile = Tally(), Tally(verbose=args.verbose)
     try:
         fuzzer = Fuzzer(args.seed)
-        for i in range(args.examples):
+        bodies = []  # made first, in order: the same requests whatever --parallel
+        for _ in range(args.examples):
             path, body = fuzzer.request()
-            send(engine, fuzzed, f"fuzz #{i}", "POST", path, fuzzer.encode(body), timeout=args.timeout)
+            bodies.append((path, fuzzer.encode(body)))
+
+        def fuzz(item: tuple[int, tuple[str, bytes]]) -> None:
+            i, (path, data) = item
+            send(engine, fuzzed, f"fuzz #{i}", "POST", path, data, timeout=args.timeout)
             if (i + 1) % 100 == 0:
                 print(f"  {i + 1} fuzzed requests, {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+        with ThreadPoolExecutor(max(1, args.parallel)) as pool:
+            list(pool.map(fuzz, enumerate(bodies)))
         if not args.no_hand_made:
             hand_made(engine, hostile)
     finally:
