@@ -72,5 +72,5 @@ def test_a_notebook_that_creates_models_cleans_up(path):
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
 def test_a_lesson_links_the_real_ollama_note(path):
     markdown = [source(c) for c in cells(path) if c["cell_type"] == "markdown"][:2]
-    assert any("(real_ollama.md)" in text for text in markdown), "link real_ollama.md in the first or second markdown cell"
+    assert any("(real_ollama.md)" in text for text in markdown), "link real_ollama.md in the first two markdown cells"
     assert (NOTEBOOKS / "real_ollama.md").exists()
