@@ -314,3 +314,82 @@ async def test_a_request_cancelled_during_load_leaves_no_process(make, model, pr
     while any(p.proc.poll() is None for p in processes) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert [p.proc.pid for p in processes if p.proc.poll() is None] == []
+
+
+# --- parallel slots: several jobs in one runner ---------------------------------------------------
+
+
+async def test_parallel_jobs_run_together_in_one_runner(make, model):
+    s, m = make(parallel=2), model()
+    arrivals = []  # which job each piece came from, in the order they arrived
+
+    async def run(name: str):
+        async with s.use(m, None, NUM_CTX) as runner:
+            events = []
+            async for event in runner.run(job("slow 5")):
+                events.append(event)
+                if event["ev"] == "piece":
+                    arrivals.append(name)
+            return runner.process.proc, events
+
+    (p1, first), (p2, second) = await asyncio.gather(run("a"), run("b"))
+    assert p1 is p2  # one runner, stepping both: their pieces interleave instead of one answer after the other
+    last_a, last_b = len(arrivals) - 1 - arrivals[::-1].index("a"), len(arrivals) - 1 - arrivals[::-1].index("b")
+    assert arrivals.index("b") < last_a and arrivals.index("a") < last_b, arrivals
+    for events in (first, second):
+        assert "".join(e["text"] for e in events if e["ev"] == "piece") == "0 1 2 3 4 "
+        assert events[-1]["ev"] == "done" and events[-1]["eval_count"] == 5
+    assert {first[-1]["id"], second[-1]["id"]} == {1, 2}
+
+
+async def test_beyond_the_parallel_slots_requests_wait_their_turn(make, model):
+    s, m = make(parallel=2), model()
+    ends = {}
+
+    async def timed(text: str, name: str):
+        await answer(s, m, text)
+        ends[name] = time.monotonic()
+
+    await asyncio.gather(timed("slow 4", "a"), timed("slow 4", "b"), timed("slow 1", "c"))
+    assert ends["c"] > min(ends["a"], ends["b"])  # the third went in only when a slot was free
+
+
+async def test_a_runner_that_dies_mid_batch_fails_every_job_in_it(make, model):
+    s, m = make(parallel=2), model()
+    (_, slow), (proc, crash) = await asyncio.gather(answer(s, m, "slow 50"), answer(s, m, "crash"))
+    for events in (slow, crash):
+        assert events[-1]["ev"] == "error" and events[-1]["message"].startswith(CRASHED)
+    assert await exit_code(proc) == -signal.SIGSEGV
+    again, events = await answer(s, m)
+    assert again.pid != proc.pid and events[-1]["ev"] == "done"
+
+
+async def test_cancelling_one_job_of_a_batch_leaves_the_other_running(make, model):
+    s, m = make(parallel=2), model()
+    quitter = asyncio.create_task(answer(s, m, "slow 100"))
+    stayer = asyncio.create_task(answer(s, m, "slow 8"))
+    await asyncio.sleep(0.3)
+    quitter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await quitter
+    _, events = await stayer
+    assert events[-1]["ev"] == "done" and events[-1]["eval_count"] == 8 and not events[-1]["cancelled"]
+
+
+async def test_another_num_ctx_waits_until_the_model_is_idle(make, model):
+    s, m = make(parallel=2), model()
+    first = asyncio.create_task(answer(s, m, "slow 5"))
+    await asyncio.sleep(0.1)
+    async with s.use(m, None, NUM_CTX * 2) as runner:  # a reload: only after the first job is over
+        assert first.done() and runner.num_ctx == NUM_CTX * 2
+    proc, _ = await first
+    assert await exit_code(proc) == 0  # the old runner was stopped for the reload
+
+
+async def test_an_embedding_model_runs_one_job_at_a_time(make, tmp_path):
+    s = make(parallel=4)
+    path = tmp_path / "embedder.gguf"
+    path.write_bytes(b"GGUF not really")
+    embedder = Model(name="embedder", path=path, details={}, capabilities=["embedding"])
+    async with s.use(embedder, None, NUM_CTX) as runner:
+        assert runner.parallel == 1
