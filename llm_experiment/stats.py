@@ -37,19 +37,23 @@ def summarize(final: Mapping[str, Any]) -> dict[str, Any]:
     """The figures of one answer: durations in seconds, counts, and prompt and decode speeds.
 
     ``prompt_eval_count`` is the whole prompt and ``prompt_eval_cached_count`` the part the server
-    reused from its cache (0 when a server does not report it); only the rest, ``prompt_evaluated``,
-    was read in ``prompt_eval_duration``. ``wait`` is the time no part accounts for: mostly waiting
-    for other requests on a busy server.
+    reused from its cache; only the rest, ``prompt_evaluated``, was read in ``prompt_eval_duration``.
+    Ollama does not say how much was cached (the embedded engine does): then the cached count is
+    ``None`` and every prompt token counts as read, as ``ollama run --verbose`` computes its prompt
+    rate, which overstates the speed after a cache hit (measure fresh prompts: ``run_grid(...,
+    fresh_prompts=True)``). ``wait`` is the time no part accounts for: mostly waiting for other
+    requests on a busy server.
     """
     seconds = {k: (final.get(k) or 0) / NS_PER_S for k in DURATIONS}
     count = final.get("prompt_eval_count") or 0
-    cached = final.get("prompt_eval_cached_count") or 0
+    reported = final.get("prompt_eval_cached_count")
+    cached = reported or 0
     parts = seconds["load_duration"] + seconds["prompt_eval_duration"] + seconds["eval_duration"]
     return {
         **seconds,
         "wait": max(seconds["total_duration"] - parts, 0.0),
         "prompt_eval_count": count,
-        "prompt_eval_cached_count": cached,
+        "prompt_eval_cached_count": reported,
         "prompt_evaluated": count - cached,
         "eval_count": final.get("eval_count", 0),
         "prompt_tokens_per_s": rate(count - cached, final.get("prompt_eval_duration")),
@@ -65,11 +69,13 @@ def format_summary(final: Mapping[str, Any]) -> str:
     def speed(value: float | None) -> str:
         return f"{value:.1f} tokens/s" if value is not None else "n/a"
 
+    cached_text = "?" if s["prompt_eval_cached_count"] is None else s["prompt_eval_cached_count"]
+
     return "\n".join([
         f"total     {s['total_duration']:8.3f} s   (done_reason: {s['done_reason']})",
         f"load      {s['load_duration']:8.3f} s",
         f"prompt    {s['prompt_eval_duration']:8.3f} s   {s['prompt_evaluated']:5d} tokens   "
-        f"{speed(s['prompt_tokens_per_s'])}   (of {s['prompt_eval_count']}; {s['prompt_eval_cached_count']} cached)",
+        f"{speed(s['prompt_tokens_per_s'])}   (of {s['prompt_eval_count']}; {cached_text} cached)",
         f"answer    {s['eval_duration']:8.3f} s   {s['eval_count']:5d} tokens   {speed(s['tokens_per_s'])}",
     ])
 

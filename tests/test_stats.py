@@ -43,6 +43,14 @@ def test_summarize_counts_only_uncached_prompt_tokens_in_the_prompt_speed():
     assert s["prompt_tokens_per_s"] == pytest.approx(40.0)  # 10 tokens read in 0.25 s
 
 
+def test_summarize_a_server_that_does_not_say_what_was_cached():
+    # Ollama sends no prompt_eval_cached_count: unknown, and the whole prompt counts as read (as `ollama run --verbose`)
+    s = summarize({**FINAL, "prompt_eval_count": 110})
+    assert (s["prompt_eval_cached_count"], s["prompt_evaluated"]) == (None, 110)
+    assert s["prompt_tokens_per_s"] == pytest.approx(440.0)
+    assert "(of 110; ? cached)" in format_summary({**FINAL, "prompt_eval_count": 110})
+
+
 def test_summarize_the_waiting_share():
     # 2.0 s in all: 0.5 loading, 0.25 reading, 1.5 writing; no time left unaccounted here
     assert summarize(FINAL)["wait"] == pytest.approx(0.0, abs=1e-9)
