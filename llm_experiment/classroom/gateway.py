@@ -49,12 +49,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..hangup import unless_client_leaves
 from .everywhere import EVERYWHERE, one_answer_for_all, streamed, streamed_one_by_one
 from .fairqueue import FairQueue, QueueFull, RateLimits
 from .listing import LISTS, NoListing, merged_listing
 from .policy import Decision, Policy
-from .relay import Head, Outbound, Outcome, Relay, UpstreamFailed, exchange
+from .relay import ClientWatch, Head, Outbound, Outcome, Relay, UpstreamFailed, exchange
 from .roster import Member, Roster, bearer_key
 from .status_page import PAGE
 from .upstream_http import UpstreamClient
@@ -144,19 +143,28 @@ class Gateway:
         """Wait for a turn and an upstream's answer, then relay it; the client leaving cancels both."""
         outcome = Outcome()
         pieces = self._exchange(member, outbound, outcome, started_at, model)
+        head = None
+        if not outbound.replayable:  # still reading the body as we send it: the upstream notices if the client leaves
+            watch = None
+        else:  # the body was read: a disconnect can be noticed while we wait (and then cancels the wait)
+            watch = ClientWatch(request.receive)
         try:
-            if outbound.replayable:  # the body was read: a disconnect can be noticed while we wait
-                head = await unless_client_leaves(request, anext(pieces))
-            else:  # still reading the body as we send it: the upstream notices if the client leaves
+            if watch is None:
                 head = await anext(pieces)
+            else:
+                with watch.cancelling():
+                    head = await anext(pieces)
         except QueueFull as exc:
             return error(503, str(exc), openai)
         except UpstreamFailed as exc:
             return error(exc.status, exc.message, openai)
+        finally:
+            if head is None and watch is not None:
+                watch.stop()
         if head is None:
             return Response(status_code=499)  # the client left while waiting; nobody reads this
         assert isinstance(head, Head)
-        return Relay(pieces, head)  # type: ignore[arg-type]
+        return Relay(pieces, head, watch)  # type: ignore[arg-type]
 
     async def _exchange(self, member: Member | None, outbound: Outbound, outcome: Outcome, started_at: float,
                         model: str | None) -> AsyncIterator[Head | bytes]:
@@ -424,7 +432,8 @@ def create_app(upstreams: Sequence[str | Upstream], roster: Roster, policy: Poli
 
 def serve(app: Starlette, host: str = "127.0.0.1", port: int = 11435, *, log_level: str = "info") -> int:
     """Run the gateway ``app`` until Ctrl-C or SIGTERM, as the engine and the chatbot run; return an exit code."""
-    from ..engine.connections import listen, serve_until_stopped
+    from ..engine.connections import listen
+    from .serving import serve_gateway
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if log_level != "debug":
@@ -437,6 +446,6 @@ def serve(app: Starlette, host: str = "127.0.0.1", port: int = 11435, *, log_lev
     upstreams = ", ".join(up.url for up in gateway.upstreams.upstreams)
     print(f"llm-experiment classroom: http://{shown}:{sock.getsockname()[1]} -> {upstreams}; status page at "
           "/classroom. Ctrl-C to stop.", file=sys.stderr, flush=True)
-    serve_until_stopped(app, sock, log_level=log_level, access_log=True)
+    serve_gateway(app, sock, log_level=log_level, access_log=True)
     print("llm-experiment classroom: stopped", file=sys.stderr)
     return 0

@@ -19,11 +19,12 @@ When things go wrong:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,36 +219,68 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+class ClientWatch:
+    """Notices a client hanging up, while its request waits for an answer or the answer streams, and cancels that.
+
+    One watcher task per request waits on ``receive`` for ``http.disconnect``; the work itself stays in the
+    request's own task, inside :meth:`cancelling`, so nothing is handed to another task (a turn of the event
+    loop each way) on the way to the first byte.
+    """
+
+    def __init__(self, receive: Receive):
+        self.left = False  # the client hung up
+        self._scope: anyio.CancelScope | None = None
+        self._task = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.left = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    @contextlib.contextmanager
+    def cancelling(self) -> Iterator[anyio.CancelScope]:
+        """A block that is cancelled (and ends quietly) if the client hangs up, or has hung up already."""
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self.left:
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                self._scope = None
+
+    def stop(self) -> None:
+        """Stop watching (the request is over)."""
+        self._task.cancel()
+
+
 class Relay(Response):
     """The rest of an :func:`exchange` sent to the student, closing it however the response ends.
 
-    The pieces are sent from the request's own task, the moment each arrives; a watcher task waits for
-    the client to hang up and then cancels the sending. Closing the exchange then closes the upstream
-    connection, which is what stops Ollama generating for nobody. (Starlette's ``StreamingResponse``
-    does the same with a task group, which costs a task switch before the first byte.)
+    The pieces are sent from the request's own task, the moment each arrives, inside a :class:`ClientWatch`
+    (the one that watched the wait for the answer, if given): when the client hangs up, closing the exchange
+    closes the upstream connection, which is what stops Ollama generating for nobody. (Starlette's
+    ``StreamingResponse`` does the same with a task group, which costs a task switch before the first byte.)
     """
 
-    def __init__(self, pieces: AsyncIterator[bytes], head: Head):
+    def __init__(self, pieces: AsyncIterator[bytes], head: Head, watch: ClientWatch | None = None):
         self.status_code = head.status
         self.background = None
         self.body_iterator = pieces
         self.raw_headers = [(b"content-type", head.content_type.encode("latin-1"))] if head.content_type else []
+        self.watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with anyio.CancelScope() as sending:
-            watcher = asyncio.ensure_future(_cancel_when_client_leaves(receive, sending))
-            try:
+        watch = self.watch or ClientWatch(receive)
+        try:
+            with watch.cancelling():
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 async for piece in self.body_iterator:
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            finally:
-                watcher.cancel()
-                with anyio.CancelScope(shield=True):  # even when cancelled: closing is what stops the generation
-                    await self.body_iterator.aclose()  # type: ignore[attr-defined]
-
-
-async def _cancel_when_client_leaves(receive: Receive, scope: anyio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
+        finally:
+            watch.stop()
+            with anyio.CancelScope(shield=True):  # even when cancelled: closing is what stops the generation
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
