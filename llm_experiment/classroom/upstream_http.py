@@ -167,6 +167,8 @@ class _Connection(asyncio.Protocol):
         """Wait until more data or the end arrives; :class:`ReadTimeout` after ``timeout`` seconds of nothing."""
         if self.eof:
             return
+        if timeout <= 0:
+            raise ReadTimeout()
         waiter = self._waiter = self.loop.create_future()
         timer = self.loop.call_later(timeout, _time_out, waiter, ReadTimeout)
         try:
@@ -274,7 +276,7 @@ class Response:
     async def _chunked(self) -> AsyncIterator[bytes]:
         conn, timeout = self._conn, self._client.read_timeout
         while True:
-            line = await _line(conn, timeout, MAX_LINE, "a chunk size")
+            line = await _line(conn, conn.loop.time() + timeout, MAX_LINE, "a chunk size")
             match = _CHUNK_SIZE.fullmatch(line)
             if match is None:
                 raise RemoteProtocolError(f"the upstream sent a bad chunk size line: {line[:40]!r}")
@@ -299,8 +301,8 @@ class Response:
             if conn.buffer[:2] != b"\r\n":
                 raise RemoteProtocolError("the upstream sent more data in a chunk than its size said")
             del conn.buffer[:2]
-        trailers = 0
-        while line := await _line(conn, timeout, MAX_LINE, "a trailer"):
+        trailers, deadline = 0, conn.loop.time() + timeout  # all of them in one read timeout
+        while line := await _line(conn, deadline, MAX_LINE, "a trailer"):
             trailers += len(line) + 2
             if trailers > MAX_HEAD:
                 raise RemoteProtocolError(f"the upstream's trailers are bigger than {MAX_HEAD} bytes")
@@ -341,8 +343,8 @@ def _broken(conn: _Connection, message: str) -> UpstreamError:
     return RemoteProtocolError(message)
 
 
-async def _line(conn: _Connection, timeout: float, limit: int, what: str) -> bytes:
-    """The next CRLF-terminated line (without the CRLF), at most ``limit`` bytes long."""
+async def _line(conn: _Connection, deadline: float, limit: int, what: str) -> bytes:
+    """The next CRLF-terminated line (without the CRLF), at most ``limit`` bytes long, by ``deadline`` (loop time)."""
     scanned = 0
     while True:
         end = conn.buffer.find(b"\r\n", scanned)
@@ -358,7 +360,7 @@ async def _line(conn: _Connection, timeout: float, limit: int, what: str) -> byt
         scanned = max(0, len(conn.buffer) - 1)
         if conn.eof:
             raise _broken(conn, f"peer closed connection without sending complete message body: cut in {what}")
-        await conn.more(timeout)
+        await conn.more(deadline - conn.loop.time())
     raise RemoteProtocolError(f"the upstream sent {what} longer than {limit} bytes")
 
 
@@ -548,8 +550,13 @@ def _request_head(method: str, key: _Origin, path: str, headers: Mapping[str, st
 
 
 async def _head(conn: _Connection, timeout: float) -> bytes:
-    """The next status line and header fields, up to the empty line."""
+    """The next status line and header fields, up to the empty line, all within ``timeout`` seconds.
+
+    A deadline for the whole head, not for each read: an upstream that sends a byte now and then
+    (a slow loris) cannot hold the request forever.
+    """
     scanned = 0
+    deadline = conn.loop.time() + timeout
     while True:
         end = conn.buffer.find(b"\r\n\r\n", scanned)
         if end >= 0:
@@ -567,7 +574,7 @@ async def _head(conn: _Connection, timeout: float) -> bytes:
                 raise ReadError(str(conn.error) or type(conn.error).__name__)
             raise RemoteProtocolError("Server disconnected without sending a response." if not conn.buffer
                                       else "the upstream closed the connection within its answer's head")
-        await conn.more(timeout)
+        await conn.more(deadline - conn.loop.time())
     raise RemoteProtocolError(f"the upstream's header section is bigger than {MAX_HEAD} bytes")
 
 
