@@ -426,3 +426,78 @@ async def test_an_upstream_that_does_not_answer_in_time_is_a_504():
             await relay(client, [upstream.url], generate())
     await client.aclose()
     assert failed.value.status == 504 and "did not answer in time (timed out: ReadTimeout)" in failed.value.message
+
+
+# --- the gateway in front of a fake: a student who hangs up ------------------------------------------------------
+
+
+def ollama_with(generate: Handler, seen: dict[str, asyncio.Event]) -> Handler:
+    """A fake Ollama: version and tags answered, ``/api/generate`` by ``generate``; ``seen`` marks its requests."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            target = head.split(b" ")[1]
+            if target == b"/api/generate":
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                seen["generate"].set()
+                await generate(reader, writer)
+                return
+            body = b'{"version":"0.12.6"}' if target == b"/api/version" else b'{"models":[{"name":"m","model":"m"}]}'
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(body), body))
+
+    return handler
+
+
+@pytest.mark.parametrize("answers_head", [False, True])
+async def test_a_student_who_hangs_up_closes_the_upstream_request(tmp_path, answers_head):
+    """While the upstream thinks (no head yet) or streams slowly (a line, then nothing): either way the
+    gateway notices the student leaving, closes the upstream connection and logs a 499."""
+    from support import ServedApp
+
+    from llm_experiment.classroom.gateway import create_app
+    from llm_experiment.classroom.policy import Policy, PolicySettings
+    from llm_experiment.classroom.roster import Roster
+    from llm_experiment.classroom.usage import UsageLog
+
+    seen = {"generate": asyncio.Event(), "closed": asyncio.Event()}
+
+    async def generate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if answers_head:
+            writer.write(CHUNKED + chunk(b'{"response":"a","done":false}\n'))
+        await reader.read()  # nothing more, until the gateway closes the connection
+        seen["closed"].set()
+
+    roster = Roster(tmp_path / "classroom.sqlite")
+    key = roster.add_student("alice")
+    usage = UsageLog(tmp_path / "classroom.sqlite")
+    async with fake(ollama_with(generate, seen)) as upstream:
+        app = create_app([upstream.url], roster, Policy(PolicySettings(keep_alive=-1)), usage)
+        with ServedApp(app) as url:
+            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=20) as student:
+                for _ in range(200):  # until the gateway's first check has found the model
+                    if (await student.get(url + "/api/tags")).json().get("models"):
+                        break
+                    await asyncio.sleep(0.05)
+                request = student.build_request("POST", url + "/api/generate", json={"model": "m", "prompt": "hi"})
+                response = await student.send(request, stream=True) if answers_head else None
+                if response is not None:
+                    assert response.status_code == 200
+                    assert await anext(response.aiter_lines()) == '{"response":"a","done":false}'
+                    await response.aclose()  # the student hangs up in the middle of the answer
+                else:
+                    waiting = asyncio.ensure_future(student.send(request, stream=True))
+                    await seen["generate"].wait()
+                    waiting.cancel()  # the student hangs up before the answer has begun
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiting
+                await asyncio.wait_for(seen["closed"].wait(), 15)
+            for _ in range(200):
+                usage.flush()
+                if [row["status"] for row in usage.rows() if row["endpoint"] == "/api/generate"] == [499]:
+                    break
+                await asyncio.sleep(0.05)
+            assert [row["status"] for row in usage.rows() if row["endpoint"] == "/api/generate"] == [499]
+    usage.close()

@@ -152,7 +152,7 @@ class Gateway:
             if watch is None:
                 head = await anext(pieces)
             else:
-                with watch.cancelling():
+                with watch:
                     head = await anext(pieces)
         except QueueFull as exc:
             return error(503, str(exc), openai)

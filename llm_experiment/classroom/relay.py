@@ -19,12 +19,11 @@ When things go wrong:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,38 +221,43 @@ def _json(value: Any) -> bytes:
 class ClientWatch:
     """Notices a client hanging up, while its request waits for an answer or the answer streams, and cancels that.
 
-    One watcher task per request waits on ``receive`` for ``http.disconnect``; the work itself stays in the
-    request's own task, inside :meth:`cancelling`, so nothing is handed to another task (a turn of the event
-    loop each way) on the way to the first byte.
+    One watcher task per request waits on ``receive`` for ``http.disconnect`` and then cancels the request's
+    task, but only inside a ``with watch:`` block, which ends quietly; the work itself stays in the request's
+    own task, so nothing is handed to another task (a turn of the event loop each way) on the way to the first
+    byte. The watcher runs only while the request's task is suspended, so inside the block that is at one of
+    the block's own awaits: the cancellation arrives there, never after the block.
     """
 
     def __init__(self, receive: Receive):
         self.left = False  # the client hung up
-        self._scope: anyio.CancelScope | None = None
-        self._task = asyncio.ensure_future(self._watch(receive))
+        self.task = asyncio.current_task()
+        self._inside = False
+        self._cancelled = False
+        self._watcher = asyncio.ensure_future(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
         self.left = True
-        if self._scope is not None:
-            self._scope.cancel()
+        if self._inside and self.task is not None:
+            self._cancelled = True
+            self.task.cancel()
 
-    @contextlib.contextmanager
-    def cancelling(self) -> Iterator[anyio.CancelScope]:
-        """A block that is cancelled (and ends quietly) if the client hangs up, or has hung up already."""
-        with anyio.CancelScope() as scope:
-            self._scope = scope
-            if self.left:
-                scope.cancel()
-            try:
-                yield scope
-            finally:
-                self._scope = None
+    def __enter__(self) -> ClientWatch:
+        self._inside = True
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        self._inside = False
+        if not self._cancelled or self.task is None:
+            return False
+        self._cancelled = False
+        others = self.task.uncancel()  # ours is handled here; another cancellation (a shutdown) goes on
+        return kind is not None and issubclass(kind, asyncio.CancelledError) and others == 0
 
     def stop(self) -> None:
         """Stop watching (the request is over)."""
-        self._task.cancel()
+        self._watcher.cancel()
 
 
 class Relay(Response):
@@ -273,13 +277,17 @@ class Relay(Response):
         self.watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch = self.watch or ClientWatch(receive)
+        watch = self.watch
+        if watch is None or watch.task is not asyncio.current_task():
+            watch = ClientWatch(receive)
         try:
-            with watch.cancelling():
-                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                async for piece in self.body_iterator:
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not watch.left:  # else the client left between the answer's head and now: nothing to send
+                with watch:
+                    await send({"type": "http.response.start", "status": self.status_code,
+                                "headers": self.raw_headers})
+                    async for piece in self.body_iterator:
+                        await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watch.stop()
             with anyio.CancelScope(shield=True):  # even when cancelled: closing is what stops the generation
