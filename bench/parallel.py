@@ -17,6 +17,7 @@ Run it on a quiet machine: llama.cpp uses every core, so anything else running s
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -37,10 +38,14 @@ MODEL = "smollm2:135m"
 NUM_CTX = 1024
 
 
-def prompt(i: int) -> str:
-    """Raw counting from a different number for each client: greedy decoding goes on counting."""
-    start = 10 * i + 1
-    return ", ".join(str(n) for n in range(start, start + 8)) + ","
+_fresh = itertools.count()
+
+
+def prompt() -> str:
+    """A number used nowhere before and a comma, raw: greedy decoding goes on counting. A few tokens,
+    so that decoding, which batching speeds up, is what is measured (reading a prompt is not: its
+    tokens already go through the model together), and no request finds its prompt in a cache."""
+    return f"{1000 + 37 * next(_fresh)},"
 
 
 def one_stream(url: str, text: str, tokens: int, barrier: threading.Barrier) -> tuple[float, float, int]:
@@ -60,10 +65,11 @@ def one_stream(url: str, text: str, tokens: int, barrier: threading.Barrier) -> 
     raise RuntimeError("the stream ended without done")
 
 
-def served(url: str, clients: int, tokens: int) -> dict[str, float]:
+def served(url: str, texts: list[str], tokens: int) -> dict[str, float]:
+    clients = len(texts)
     barrier = threading.Barrier(clients + 1)
     with ThreadPoolExecutor(clients) as pool:
-        futures = [pool.submit(one_stream, url, prompt(i), tokens, barrier) for i in range(clients)]
+        futures = [pool.submit(one_stream, url, text, tokens, barrier) for text in texts]
         barrier.wait()
         start = time.perf_counter()
         results = [f.result() for f in futures]
@@ -89,14 +95,14 @@ class Direct:
         self.batch = llama_cpp.llama_batch_init(512, 0, 1)
         self.memory = llama_cpp.llama_get_memory(self.llm._ctx.ctx)
 
-    def run(self, tokens: int) -> dict[str, float]:
+    def run(self, tokens: int, texts: list[str]) -> dict[str, float]:
         c, llm, batch = self.c, self.llm, self.batch
         c.llama_memory_clear(self.memory, True)
         samplers = []
         for _ in range(self.n):
             llm.set_seed(0)
             samplers.append(llm._init_sampler(temp=0.0, repeat_penalty=1.1, top_k=40, top_p=0.9))
-        prompts = [llm.tokenize(prompt(i).encode(), add_bos=True, special=True) for i in range(self.n)]
+        prompts = [llm.tokenize(text.encode(), add_bos=True, special=True) for text in texts]
         start = time.perf_counter()
         batch.n_tokens = 0
         at = []
@@ -156,15 +162,17 @@ def main() -> int:
                                     env={"OLLAMA_MODELS": f"/tmp/bench-parallel-{p}"})
             server.start()
             engines[p] = server
-            served(server.url, 1, 4)  # the model loaded before anything is timed
+            served(server.url, [prompt()], 4)  # the model loaded before anything is timed
         for clients in args.clients:
             runs: dict[str, list[dict[str, float]]] = {}
-            for _ in range(args.repeats):
+            rounds = [[prompt() for _ in range(clients)] for _ in range(args.repeats)]  # each contestant gets these
+            for texts in rounds:
                 for p, server in engines.items():
-                    runs.setdefault(f"parallel {p}", []).append(served(server.url, clients, args.tokens))
+                    runs.setdefault(f"parallel {p}", []).append(served(server.url, texts, args.tokens))
             direct = Direct(clients)
             try:
-                runs["direct"] = [direct.run(args.tokens) for _ in range(args.repeats)]
+                direct.run(4, [prompt() for _ in range(clients)])  # warm-up, as the engines' model was
+                runs["direct"] = [direct.run(args.tokens, texts) for texts in rounds]
             finally:
                 direct.close()
             med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
