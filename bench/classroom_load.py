@@ -254,13 +254,18 @@ def start_stub(delay_ms: float, log) -> tuple[subprocess.Popen, str]:  # noqa: A
     process = subprocess.Popen([sys.executable, __file__, "--serve-stub", str(port), "--stub-delay", str(delay_ms)],
                                stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
+    wait_until_serving(process, url, "the stub upstream", log, timeout=15)
+    return process, url
+
+
+def wait_until_serving(process: subprocess.Popen, url: str, what: str, log, timeout: float) -> None:  # noqa: ANN001
+    """Until ``url`` answers; kill ``process`` and raise if it ends or takes longer than ``timeout`` s."""
+    deadline = time.monotonic() + timeout
     while not is_serving(url, timeout=0.5):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"the stub upstream did not start (see {log.name})")
+            raise RuntimeError(f"{what} did not start (see {log.name})")
         time.sleep(0.05)
-    return process, url
 
 
 def wait_for_model(url: str, key: str) -> None:
@@ -335,12 +340,7 @@ def start_gateway(db: Path, upstreams: list[str], log) -> tuple[subprocess.Popen
         command += ["--upstream", up]
     env = {k: v for k, v in os.environ.items() if k != "OLLAMA_HOST"}
     process = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=Path(__file__).resolve().parent.parent)
-    deadline = time.monotonic() + 30
-    while not is_serving(url, timeout=0.5):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"the gateway did not start (see {log.name})")
-        time.sleep(0.1)
+    wait_until_serving(process, url, "the gateway", log, timeout=30)
     return process, url
 
 
