@@ -432,8 +432,7 @@ def create_app(upstreams: Sequence[str | Upstream], roster: Roster, policy: Poli
 
 def serve(app: Starlette, host: str = "127.0.0.1", port: int = 11435, *, log_level: str = "info") -> int:
     """Run the gateway ``app`` until Ctrl-C or SIGTERM, as the engine and the chatbot run; return an exit code."""
-    from ..engine.connections import listen
-    from .serving import serve_gateway
+    from ..engine.connections import listen, serve_until_stopped
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if log_level != "debug":
@@ -446,6 +445,6 @@ def serve(app: Starlette, host: str = "127.0.0.1", port: int = 11435, *, log_lev
     upstreams = ", ".join(up.url for up in gateway.upstreams.upstreams)
     print(f"llm-experiment classroom: http://{shown}:{sock.getsockname()[1]} -> {upstreams}; status page at "
           "/classroom. Ctrl-C to stop.", file=sys.stderr, flush=True)
-    serve_gateway(app, sock, log_level=log_level, access_log=True)
+    serve_until_stopped(app, sock, log_level=log_level, access_log=True)
     print("llm-experiment classroom: stopped", file=sys.stderr)
     return 0

@@ -1,6 +1,7 @@
-"""How ``classroom serve`` serves the gateway (serving.py): a response's head goes out with its first piece.
+"""How the engine, the gateway and the chatbot are served (engine/connections.py): a response's head goes
+out with its first piece.
 
-The transport wrapper alone with a recording transport, then uvicorn with the gateway's protocol over a
+The transport wrapper alone with a recording transport, then uvicorn with the hardened protocol over a
 real socket: streamed, plain and HEAD answers, keep-alive, and a client that closes.
 """
 
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from llm_experiment.classroom.serving import GatewayProtocol, HeadWithBody, gateway_config
+from llm_experiment.engine.connections import HardenedHttpToolsProtocol, HeadWithBody, hardened_config
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -73,7 +74,7 @@ def test_the_head_waits_for_the_first_piece_or_the_end_of_the_step():
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[str, int, threading.Event]]:
-    """A small app served as ``classroom serve`` serves the gateway."""
+    """A small app served as the engine and ``classroom serve`` serve theirs."""
     go_on = threading.Event()
 
     async def stream(request: Request) -> Response:
@@ -91,7 +92,7 @@ def served() -> Iterator[tuple[str, int, threading.Event]]:
     app = Starlette(routes=[Route("/stream", stream, methods=["POST"]),
                             Route("/plain", plain, methods=["GET", "HEAD"])])
     sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(gateway_config(app, log_level="warning", access_log=False, max_connections=16))
+    server = uvicorn.Server(hardened_config(app, log_level="warning", access_log=False, max_connections=16))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -111,7 +112,7 @@ def read_until(conn: socket.socket, marker: bytes, data: bytes = b"") -> bytes:
     return data
 
 
-@pytest.mark.skipif(GatewayProtocol is None, reason="needs httptools")
+@pytest.mark.skipif(HardenedHttpToolsProtocol is None, reason="needs httptools")
 def test_streamed_plain_and_head_answers_over_one_kept_alive_connection(served):
     host, port, go_on = served
     with socket.create_connection((host, port), timeout=10) as conn:
