@@ -90,8 +90,8 @@ class BatchDecoder:
         if not request.prompt:
             raise ValueError("the prompt is empty: there is nothing for the model to continue")
         prompt = self.model.fit(request.prompt, request.opts)
-        slot = self._pick_slot(prompt)
-        cached = min(_common_prefix(slot.tokens, prompt), len(prompt) - 1)  # at least one token for fresh logits
+        slot, shared = self._pick_slot(prompt)
+        cached = min(shared, len(prompt) - 1)  # at least one token to evaluate, for fresh logits
         llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, cached, -1)
         del slot.tokens[cached:]
         slot.busy = True
@@ -102,18 +102,18 @@ class BatchDecoder:
             text=TextStream(opts.stop), pending=prompt[cached:],
             limit=opts.num_predict if opts.num_predict >= 0 else None, started_ns=time.perf_counter_ns()))
 
-    def _pick_slot(self, prompt: list[int]) -> _Slot:
-        """The free slot for ``prompt``: the one whose cache it continues (a conversation's next turn) or
-        that holds at least half of it (a shared system prompt); otherwise the least recently used, so
-        the other conversations keep their caches."""
-        free = [slot for slot in self.slots if not slot.busy]
+    def _pick_slot(self, prompt: list[int]) -> tuple[_Slot, int]:
+        """The free slot for ``prompt`` and how many of its first tokens the slot's cache holds: the slot
+        whose cache it continues (a conversation's next turn) or that holds at least half of it (a shared
+        system prompt); otherwise the least recently used, so the other conversations keep their caches."""
+        free = [(_common_prefix(slot.tokens, prompt), slot) for slot in self.slots if not slot.busy]
         if not free:
             raise RuntimeError("no free sequence slot")
-        best = max(free, key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used))
-        shared = _common_prefix(best.tokens, prompt)
+        shared, best = max(free, key=lambda pair: (pair[0], -pair[1].last_used))
         if shared and (shared == len(best.tokens) or 2 * shared >= len(prompt)):
-            return best
-        return min(free, key=lambda s: s.last_used)
+            return best, shared
+        shared, oldest = min(free, key=lambda pair: pair[1].last_used)
+        return oldest, shared
 
     def _sampler(self, opts: Options, grammar: Any) -> Any:
         """A sampler chain of the request's own options and seed (llama-cpp-python builds it from these)."""
