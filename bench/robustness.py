@@ -203,6 +203,9 @@ def classify(response: requests.Response) -> str:
     return OUTCOMES[1] if status == 500 and isinstance(error, str) and DOCUMENTED_500.match(error) else OUTCOMES[2]
 
 
+_checking = threading.Lock()  # with --parallel, several threads send: one at a time checks, restarts and counts
+
+
 def send(engine: Engine, tally: Tally, label: str, method: str, path: str, data: bytes | None = None,
          headers: dict[str, str] | None = None, timeout: float = 60) -> requests.Response | None:
     """One request; its outcome goes into ``tally``. A dead engine is restarted."""
@@ -219,7 +222,7 @@ def send(engine: Engine, tally: Tally, label: str, method: str, path: str, data:
     except requests.RequestException as exc:
         outcome, what = OUTCOMES[4], f"{what} -> {exc}"
     seconds = time.monotonic() - start
-    with _checking:  # with --parallel, several threads send: one at a time checks, restarts and counts
+    with _checking:
         if not engine.alive():
             outcome = OUTCOMES[4]
             print(f"  engine down after {what}; restarting it", file=sys.stderr)
@@ -228,8 +231,6 @@ def send(engine: Engine, tally: Tally, label: str, method: str, path: str, data:
         tally.add(outcome, what, seconds)
     return response
 
-
-_checking = threading.Lock()
 
 
 def as_json(body: Any) -> bytes:
