@@ -269,7 +269,7 @@ class Runner:
             await asyncio.to_thread(process.send, {"op": "cancel", "id": jid})
             while process.alive or not events.empty():
                 event = await events.get()
-                if event["ev"] == "exit" or event["ev"] in ("done", "error"):
+                if event["ev"] in ("exit", "done", "error"):
                     if event["ev"] == "done":
                         log.info("generation stopped after %d tokens: the client went away", event["eval_count"])
                     return

@@ -90,15 +90,18 @@ class Scheduler:
             slot.waiting.popleft()
             if future.done():  # its request was cancelled while it waited
                 continue
-            slot.users += 1
-            slot.setup = setup
+            self._take_place(slot, setup)
             future.set_result(None)
+
+    @staticmethod
+    def _take_place(slot: Slot, setup: tuple[object, int]) -> None:
+        slot.users += 1
+        slot.setup = setup
 
     async def _enter(self, slot: Slot, setup: tuple[object, int]) -> None:
         """Wait for a place on the model (arrival order; 503 when too many wait already)."""
         if not slot.waiting and self._may_enter(slot, setup):
-            slot.users += 1
-            slot.setup = setup
+            self._take_place(slot, setup)
             return
         if self._waiting >= self.max_queue:
             raise APIError(503, QUEUE_FULL)
