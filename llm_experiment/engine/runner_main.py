@@ -78,6 +78,10 @@ class Channel:
             self._out.write(data)
             self._out.flush()
 
+    def error(self, jid: int, status: int, message: str) -> None:
+        """Job ``jid`` failed: the server answers ``status`` with ``message``."""
+        self.send({"ev": "error", "id": jid, "status": status, "message": message})
+
     def read_first(self) -> dict[str, Any] | None:
         line = self._in.readline()
         return json.loads(line) if line else None
@@ -138,7 +142,7 @@ def main() -> int:
         model = LlamaModel(load["path"], load["num_ctx"], load.get("threads"), bool(load.get("embedding")),
                            max(1, int(load.get("parallel") or 1)))
     except Exception as exc:  # noqa: BLE001 - llama-cpp-python raises ValueError and others for a bad file
-        channel.send({"ev": "error", "id": 0, "status": 500, "message": f"error loading model: {exc}"})
+        channel.error(0, 500, f"error loading model: {exc}")
         return 1
     channel.send({"ev": "loaded", "load_duration": model.load_duration, "n_vocab": model.n_vocab,
                   "parallel": model.parallel})
@@ -167,10 +171,9 @@ def serve(model: Any, channel: Channel) -> None:
         try:
             finished = decoder.step(channel.is_cancelled)
         except Exception as exc:  # noqa: BLE001 - llama.cpp refused the batch (or memory ran out): fail them all
-            message = str(exc) or type(exc).__name__
             finished = []
             for jid in decoder.reset():
-                channel.send({"ev": "error", "id": jid, "status": 500, "message": message})
+                channel.error(jid, 500, _text(exc))
                 wanted.pop(jid, None)
         for jid, gen in finished:
             done = {k: v for k, v in asdict(gen).items() if k not in ("prompt_tokens", "output_tokens")}
@@ -185,9 +188,9 @@ def _run_alone(model: Any, job: dict[str, Any], channel: Channel) -> None:
         if job["kind"] == "embed":
             _embed(model, job, channel)
         else:  # the server never sends this; a runner that would crash on it refuses instead
-            channel.send({"ev": "error", "id": job["id"], "status": 400, "message": "this model only makes embeddings"})
+            channel.error(job["id"], 400, "this model only makes embeddings")
     except Exception as exc:  # noqa: BLE001 - report it; the process stays usable
-        channel.send({"ev": "error", "id": job["id"], "status": 500, "message": str(exc) or type(exc).__name__})
+        channel.error(job["id"], 500, _text(exc))
 
 
 def _embed(model: Any, job: dict[str, Any], channel: Channel) -> None:
@@ -203,7 +206,7 @@ def _embed(model: Any, job: dict[str, Any], channel: Channel) -> None:
                                     dimensions=job["dimensions"], cancelled=lambda: channel.is_cancelled(jid),
                                     progress=lambda: channel.send({"ev": "progress", "id": jid}))
     except EmbedError as exc:
-        channel.send({"ev": "error", "id": jid, "status": exc.status, "message": exc.message})
+        channel.error(jid, exc.status, exc.message)
         return
     channel.send({"ev": "done", "id": jid, "vectors": base64.b64encode(matrix.astype("<f4").tobytes()).decode(),
                   "dim": int(matrix.shape[1]), "prompt_eval_count": count,
@@ -227,15 +230,15 @@ def _start(model: Any, decoder: Any, job: dict[str, Any], channel: Channel) -> b
             try:
                 grammar = grammar_for(job["format"])
             except ValueError as exc:
-                channel.send({"ev": "error", "id": jid, "status": 500, "message": str(exc)})
+                channel.error(jid, 500, str(exc))
                 return False
         try:
             prompt = _prompt_tokens(model, job)
         except TemplateError as exc:
-            channel.send({"ev": "error", "id": jid, "status": 500, "message": f"template: {exc}"})
+            channel.error(jid, 500, f"template: {exc}")
             return False
         except InvalidTokenError as exc:
-            channel.send({"ev": "error", "id": jid, "status": 400, "message": str(exc)})
+            channel.error(jid, 400, str(exc))
             return False
         channel.send({"ev": "progress", "id": jid})
 
@@ -249,7 +252,7 @@ def _start(model: Any, decoder: Any, job: dict[str, Any], channel: Channel) -> b
                             progress=lambda: channel.send({"ev": "progress", "id": jid}),
                             logprobs=job.get("logprobs")))
     except Exception as exc:  # noqa: BLE001 - report it; the process and the other generations go on
-        channel.send({"ev": "error", "id": jid, "status": 500, "message": str(exc) or type(exc).__name__})
+        channel.error(jid, 500, _text(exc))
         return False
     return True
 
@@ -283,6 +286,11 @@ def _prompt_tokens(model: Any, job: dict[str, Any]) -> list[int]:
         # llama.cpp cannot start from an empty prompt.
         raise TemplateError("the model's TEMPLATE rendered an empty prompt for these messages")
     return model.tokenize(text)
+
+
+def _text(exc: BaseException) -> str:
+    """What to tell the server of an unexpected exception: its message, or at least its type."""
+    return str(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":
